@@ -1,0 +1,1 @@
+"""Bayesian active learning and data filtering with MC-dropout BALD scores in JAX."""

@@ -1,0 +1,216 @@
+"""The `jal` command line: `jal run` and `jal plot`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from jal.acquisition import METHODS
+from jal.errors import JalError
+
+DEFAULTS = dict(
+    initial=60, acquire=1, iterations=100, mc_samples=32, epochs=3, pool_size=10_000, seed=42, pool_seed=1,
+    batch_size=64, lr=5e-4, weight_decay=1e-4, min_samples_per_epoch=10_000, chunk_size=256,
+)  # fmt: skip
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+
+    return parse
+
+
+def _float_above(minimum: float, *, inclusive: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value >= minimum if inclusive else value > minimum) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{value} must be a finite number {'>=' if inclusive else '>'} {minimum}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line instead of argparse's usage block, and exit code 2 as argparse has it.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jal", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run", help="run an active-learning experiment (defaults: the reference MNIST BALD experiment)"
+    )
+    data = run.add_argument_group("data")
+    data.add_argument(
+        "--data-dir",
+        help="folder with the four MNIST IDX files, gzipped or not "
+        "(default: $JAL_MNIST_DIR, else downloaded once to ~/.cache/jal/mnist)",
+    )
+    data.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this TFDS data folder instead")
+    data.add_argument("--pool-size", type=_int_at_least(1), default=DEFAULTS["pool_size"])
+    data.add_argument(
+        "--pool-seed",
+        type=_int_at_least(0),
+        default=DEFAULTS["pool_seed"],
+        help="seed of the pool's random subset of the training set",
+    )
+    loop = run.add_argument_group("loop")
+    loop.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
+    loop.add_argument("--acquisition", choices=METHODS, default="bald")
+    loop.add_argument("--iterations", type=_int_at_least(0), default=DEFAULTS["iterations"])
+    loop.add_argument("--initial", type=_int_at_least(1), default=DEFAULTS["initial"], help="initial labels")
+    loop.add_argument("--acquire", type=_int_at_least(1), default=DEFAULTS["acquire"], help="labels per iteration")
+    loop.add_argument("--seed", type=_int_at_least(0), default=DEFAULTS["seed"])
+    scoring = run.add_argument_group("scoring")
+    scoring.add_argument("--mc-samples", type=_int_at_least(1), default=DEFAULTS["mc_samples"], help="K")
+    scoring.add_argument("--chunk-size", type=_int_at_least(1), default=DEFAULTS["chunk_size"])
+    scoring.add_argument("--scorer", choices=("factorised", "direct"), default="factorised")
+    scoring.add_argument(
+        "--skip-test-scores",
+        action="store_true",
+        help="do not MC-score the test set; evaluate it with one deterministic pass",
+    )
+    training = run.add_argument_group("training")
+    training.add_argument("--epochs", type=_int_at_least(1), default=DEFAULTS["epochs"])
+    training.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"])
+    training.add_argument("--lr", type=_float_above(0, inclusive=False), default=DEFAULTS["lr"])
+    training.add_argument("--weight-decay", type=_float_above(0, inclusive=True), default=DEFAULTS["weight_decay"])
+    training.add_argument("--min-samples-per-epoch", type=_int_at_least(1), default=DEFAULTS["min_samples_per_epoch"])
+    training.add_argument(
+        "--conv",
+        choices=("auto", "im2col", "xla"),
+        default="auto",
+        help="convolution formulation for training (auto: fastest on this backend)",
+    )
+
+    plot = commands.add_parser("plot", help="plot test accuracy against labels and sorted score curves")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", required=True, help="figure file (.png, .svg or .pdf)")
+    return parser
+
+
+def run_command(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from jal import data as jdata
+    from jal import loop
+    from jal.model import default_conv
+    from jal.store import RunWriter
+    from jal.train import TrainConfig
+
+    # Everything that can fail on bad input is checked before the run directory is made.
+    mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
+    pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
+    loop.check_settings(args.pool_size, args.initial, args.acquire, args.iterations, args.acquisition)
+
+    pool_labels = mnist.train_labels[pool_indices].astype(np.int32)
+    data = loop.Data(
+        jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
+        jnp.asarray(jdata.normalize(mnist.test_images)),
+        jnp.asarray(mnist.test_labels, jnp.int32),
+    )
+    config = loop.LoopConfig(
+        acquisition=args.acquisition,
+        acquire=args.acquire,
+        mc_samples=args.mc_samples,
+        chunk_size=args.chunk_size,
+        scorer=args.scorer,
+        score_test=not args.skip_test_scores,
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            weight_decay=args.weight_decay,
+            min_samples_per_epoch=args.min_samples_per_epoch,
+            conv=default_conv() if args.conv == "auto" else args.conv,
+        ),
+    )
+    initial = loop.initial_indices(args.pool_size, args.initial, args.seed)
+    oracle = loop.dataset_oracle(pool_labels)
+    state = loop.init(jax.random.key(args.seed), args.pool_size, initial, oracle(initial))
+
+    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    settings.update(
+        conv=config.train.conv,
+        score_name=config.score_name,
+        backend=jax.default_backend(),
+        initial_indices=[int(i) for i in initial],
+    )
+    rounds = args.iterations + 1
+    writer = RunWriter(
+        args.out,
+        settings,
+        pool_indices=pool_indices,
+        rounds=rounds,
+        test_size=len(mnist.test_images) * config.score_test,
+    )
+    progress = tqdm(total=rounds, desc="jal run", unit="round", file=sys.stderr)
+    last = [time.perf_counter()]
+    start = last[0]
+
+    def record(info) -> None:
+        now = time.perf_counter()
+        metrics = writer.append(info, now - last[0])
+        last[0] = now
+        progress.set_postfix(labels=metrics["num_labeled"], test_acc=f"{metrics['test_accuracy']:.4f}")
+        progress.update()
+
+    try:
+        loop.run(state, data, config, oracle, iterations=args.iterations, callback=record)
+    except KeyboardInterrupt:
+        progress.close()
+        raise JalError(f"interrupted; the {writer.round} finished rounds are in {writer.run_dir}") from None
+    finally:
+        writer.close()
+    progress.close()
+    final = writer.round
+    print(
+        f"done: {final} rounds, {metrics_summary(writer.run_dir)}, {time.perf_counter() - start:.1f} s; "
+        f"results in {writer.run_dir}"
+    )
+
+
+def metrics_summary(run_dir) -> str:
+    from jal.store import read_metrics
+
+    last = read_metrics(run_dir)[-1]
+    return f"{last['num_labeled']} labels, test accuracy {last['test_accuracy']:.4f}, NLL {last['test_nll']:.4f}"
+
+
+def plot_command(args) -> None:
+    from jal.plots import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.out)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        {"run": run_command, "plot": plot_command}[args.command](args)
+    except JalError as e:
+        print(f"jal: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The functional active-learning loop: train, score, acquire, label, repeat.
+
+State is immutable and threaded through explicitly, in the style of blackjax kernels:
+
+    state = init(key, pool_size, initial_indices, initial_labels)
+    indices, info = propose(state, data, config)       # train, score, choose
+    state = label(state, indices, oracle(indices))     # the oracle may be a person
+
+`propose` never changes the state and is deterministic given it; `step` does both halves
+with an oracle. Every array has a shape fixed by the pool size, so after the first
+iteration nothing recompiles.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jal.acquisition import METHODS, random_scores, top_k_unlabeled
+from jal.errors import JalError
+from jal.estimators import ESTIMATORS, accuracy_and_nll
+from jal.scoring import deterministic_log_probs, mc_log_probs
+from jal.train import TrainConfig, epoch_size, train
+
+UNLABELED = -1
+
+
+class LoopConfig(NamedTuple):
+    acquisition: str = "bald"  # one of `jal.acquisition.METHODS`
+    acquire: int = 1  # samples labeled per iteration
+    mc_samples: int = 32  # K
+    chunk_size: int = 256  # inputs per scoring chunk
+    scorer: str = "factorised"  # or "direct"; the same function (`jal.scoring`)
+    score_test: bool = True  # MC-score the test set; else evaluate it with one deterministic pass
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def score_name(self) -> str:
+        """The estimator whose scores are recorded: random acquisition records BALD."""
+        return "bald" if self.acquisition == "random" else self.acquisition
+
+
+class Data(NamedTuple):
+    pool_images: jax.Array  # [P, 28, 28, 1] float32, normalised
+    test_images: jax.Array  # [T, 28, 28, 1] float32, normalised
+    test_labels: jax.Array  # [T] int32
+
+
+class LoopState(NamedTuple):
+    labels: jax.Array  # [P] int32, UNLABELED where no label is known
+    order: jax.Array  # [P] int32 pool indices in the order they were labeled, UNLABELED past num_labeled
+    num_labeled: jax.Array  # [] int32
+    iteration: jax.Array  # [] int32, the number of acquisitions so far
+    key: jax.Array  # PRNG key; iteration i uses fold_in(key, i)
+
+    @property
+    def labeled(self) -> jax.Array:
+        """[P] bool mask of the labeled pool samples."""
+        return self.labels != UNLABELED
+
+
+class StepInfo(NamedTuple):
+    """What one iteration reports; nothing here is needed by the next one."""
+
+    iteration: jax.Array  # []
+    num_labeled: jax.Array  # [] labels the model was trained on
+    test_accuracy: jax.Array  # [] fraction in [0, 1]
+    test_nll: jax.Array  # []
+    train_loss: jax.Array  # [epochs] mean training loss per epoch
+    pool_scores: jax.Array  # [P] score of every pool sample
+    test_scores: jax.Array  # [T], or [0] when the test set is not MC-scored
+    acquired: jax.Array  # [k] pool indices chosen, best first
+    acquired_scores: jax.Array  # [k] their scores
+
+
+def check_settings(pool_size: int, initial: int, acquire: int, iterations: int, acquisition: str) -> None:
+    """Raises JalError for settings the loop cannot honour."""
+    if acquisition not in METHODS:
+        raise JalError(f"unknown acquisition {acquisition!r}; choose one of {', '.join(METHODS)}")
+    if pool_size < 1:
+        raise JalError("the pool is empty; use a pool size of at least 1")
+    if not 1 <= initial <= pool_size:
+        raise JalError(f"--initial {initial} must be between 1 and the pool size {pool_size}")
+    if acquire < 0 or iterations < 0:
+        raise JalError("--acquire and --iterations must be non-negative")
+    if initial + acquire * iterations > pool_size:
+        raise JalError(
+            f"{initial} initial + {iterations} x {acquire} acquired labels exceed the pool of {pool_size}; "
+            "lower --iterations or --acquire, or raise --pool-size"
+        )
+
+
+def init(key: jax.Array, pool_size: int, initial_indices, initial_labels) -> LoopState:
+    """The state before the first iteration: the initial samples labeled, in order."""
+    initial_indices = jnp.asarray(initial_indices, jnp.int32)
+    labels = jnp.full((pool_size,), UNLABELED, jnp.int32).at[initial_indices].set(jnp.asarray(initial_labels))
+    order = jnp.full((pool_size,), UNLABELED, jnp.int32).at[: len(initial_indices)].set(initial_indices)
+    return LoopState(labels, order, jnp.int32(len(initial_indices)), jnp.int32(0), key)
+
+
+def initial_indices(pool_size: int, initial: int, seed: int) -> np.ndarray:
+    """The reference's initial labeled set: np.random.seed(seed); shuffle(arange(P))[:initial]."""
+    return np.random.RandomState(seed).permutation(pool_size)[:initial]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "samples_per_epoch"))
+def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_epoch: int):
+    key = jax.random.fold_in(state.key, state.iteration)
+    train_key, pool_key, test_key, acquire_key = jax.random.split(key, 4)
+    params, train_loss = train(
+        train_key,
+        data.pool_images,
+        state.labels,
+        state.order,
+        state.num_labeled,
+        config=config.train,
+        samples_per_epoch=samples_per_epoch,
+    )
+    score = ESTIMATORS[config.score_name]
+    mc = functools.partial(
+        mc_log_probs, num_samples=config.mc_samples, chunk_size=config.chunk_size, method=config.scorer
+    )
+    pool_scores = score(mc(params, data.pool_images, key=pool_key))
+    if config.score_test:
+        test_log_probs = mc(params, data.test_images, key=test_key)
+        test_scores = score(test_log_probs)
+    else:
+        test_log_probs = deterministic_log_probs(params, data.test_images)
+        test_scores = jnp.zeros((0,), jnp.float32)
+    accuracy, nll = accuracy_and_nll(test_log_probs, data.test_labels)
+
+    if config.acquisition == "random":
+        selection_scores = random_scores(acquire_key, pool_scores.shape[0])
+    else:
+        selection_scores = pool_scores
+    acquired, _ = top_k_unlabeled(selection_scores, state.labeled, config.acquire)
+    info = StepInfo(
+        state.iteration,
+        state.num_labeled,
+        accuracy,
+        nll,
+        train_loss,
+        pool_scores,
+        test_scores,
+        acquired,
+        pool_scores[acquired],
+    )
+    return acquired, info
+
+
+def propose(state: LoopState, data: Data, config: LoopConfig) -> tuple[jax.Array, StepInfo]:
+    """Trains a fresh model on the labeled set, scores pool and test set, chooses samples.
+
+    Returns:
+      (indices [config.acquire] into the pool, best first; StepInfo).
+    """
+    num_labeled = int(state.num_labeled)
+    if num_labeled + config.acquire > state.labels.shape[0]:
+        raise JalError(
+            f"cannot choose {config.acquire} more samples: only {state.labels.shape[0] - num_labeled} are unlabeled"
+        )
+    samples = epoch_size(num_labeled, config.train)
+    return _propose(state, data, config=config, samples_per_epoch=samples)
+
+
+def evaluate(state: LoopState, data: Data, config: LoopConfig) -> StepInfo:
+    """A last round that trains and scores but acquires nothing.
+
+    It runs the same compiled function as `propose` (so nothing recompiles) and drops
+    the choice.
+    """
+    samples = epoch_size(int(state.num_labeled), config.train)
+    _, info = _propose(state, data, config=config, samples_per_epoch=samples)
+    return info._replace(acquired=info.acquired[:0], acquired_scores=info.acquired_scores[:0])
+
+
+@jax.jit
+def _label(state: LoopState, indices: jax.Array, labels: jax.Array) -> LoopState:
+    positions = state.num_labeled + jnp.arange(indices.shape[0])
+    return state._replace(
+        labels=state.labels.at[indices].set(labels),
+        order=state.order.at[positions].set(indices),
+        num_labeled=state.num_labeled + indices.shape[0],
+        iteration=state.iteration + 1,
+    )
+
+
+def label(state: LoopState, indices, labels) -> LoopState:
+    """A new state with `labels` given to the pool samples `indices` (not yet labeled)."""
+    indices, labels = np.asarray(indices, np.int32), np.asarray(labels, np.int32)
+    if indices.shape != labels.shape or indices.ndim != 1:
+        raise JalError(f"indices {indices.shape} and labels {labels.shape} must be 1-D and of one length")
+    if len(np.unique(indices)) != len(indices) or np.asarray(state.labeled)[indices].any():
+        raise JalError("some of these samples are already labeled or repeated; label each pool sample once")
+    if ((labels < 0) | (labels >= 10)).any():
+        raise JalError("labels must be classes 0..9")
+    return _label(state, jnp.asarray(indices), jnp.asarray(labels))
+
+
+Oracle = Callable[[np.ndarray], np.ndarray]
+
+
+def dataset_oracle(pool_labels) -> Oracle:
+    """The simulation's oracle: looks the chosen samples' labels up in the dataset."""
+    pool_labels = np.asarray(pool_labels)
+    return lambda indices: pool_labels[np.asarray(indices)]
+
+
+def step(state: LoopState, data: Data, config: LoopConfig, oracle: Oracle) -> tuple[LoopState, StepInfo]:
+    """propose, then label what was proposed with `oracle`."""
+    indices, info = propose(state, data, config)
+    indices = np.asarray(indices)
+    return label(state, indices, oracle(indices)), info
+
+
+def run(
+    state: LoopState,
+    data: Data,
+    config: LoopConfig,
+    oracle: Oracle,
+    *,
+    iterations: int,
+    callback: Callable[[StepInfo], None] = lambda info: None,
+) -> LoopState:
+    """`iterations` acquisition steps, then one last evaluation; `callback` sees every StepInfo."""
+    for _ in range(iterations):
+        state, info = step(state, data, config, oracle)
+        callback(info)
+    callback(evaluate(state, data, config))
+    return state

@@ -1,0 +1,182 @@
+"""LeNet-5 with MC dropout, layer for layer the reference's PyTorch model.
+
+conv 32@5x5 -> Dropout2d -> max-pool 2 -> ReLU -> conv 64@5x5 -> Dropout2d -> max-pool 2
+-> ReLU -> flatten 1024 -> dense 128 -> dropout -> ReLU -> dense 10.
+
+Dropout is applied through explicit masks (`DropoutMasks`) rather than Flax's rng
+streams, so that the direct forward, the factorised MC forward (`jal.scoring`) and the
+tests can all be fed the very same masks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_CLASSES = 10
+DROPOUT_RATE = 0.5
+CONV1_FEATURES, CONV2_FEATURES, FC1_FEATURES = 32, 64, 128
+KERNEL = 5
+
+
+class DropoutMasks(NamedTuple):
+    """Multiplicative dropout masks with values in {0, 1 / (1 - rate)}.
+
+    Leading dimensions are the batch: [N] for training, [N, K] for K MC samples.
+    Dropout2d drops whole channels, so the conv masks have one entry per channel.
+    """
+
+    conv1: jax.Array  # [..., 32]
+    conv2: jax.Array  # [..., 64]
+    fc1: jax.Array  # [..., 128]
+
+
+def sample_masks(key: jax.Array, batch_shape: tuple[int, ...], rate: float = DROPOUT_RATE) -> DropoutMasks:
+    """Draws independent dropout masks for every sample (and MC sample) in `batch_shape`."""
+    keys = jax.random.split(key, 3)
+    sizes = (CONV1_FEATURES, CONV2_FEATURES, FC1_FEATURES)
+    scale = 1.0 / (1.0 - rate)
+    return DropoutMasks(
+        *(
+            jax.random.bernoulli(k, 1.0 - rate, (*batch_shape, n)).astype(jnp.float32) * scale
+            for k, n in zip(keys, sizes, strict=True)
+        )
+    )
+
+
+def torch_kernel_init(key, shape, dtype=jnp.float32):
+    """PyTorch's default for Conv2d and Linear weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    fan_in = math.prod(shape[:-1])
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_bias_init(fan_in: int):
+    """PyTorch's default bias init, which depends on the layer's fan-in."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def image_patches(x: jax.Array, size: int) -> jax.Array:
+    """[N, H, W, C] -> [N, H-size+1, W-size+1, size*size*C] valid patches, ordered (i, j, c).
+
+    Built from size*size shifted slices: on XLA:CPU the gradient of this plus one matmul
+    is an order of magnitude faster than the gradient of `lax.conv_general_dilated`.
+    """
+    h, w = x.shape[-3] - size + 1, x.shape[-2] - size + 1
+    return jnp.concatenate([x[..., i : i + h, j : j + w, :] for i in range(size) for j in range(size)], axis=-1)
+
+
+def im2col_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None, **_):
+    """A drop-in for `lax.conv_general_dilated` (NHWC, HWIO) for stride-1 VALID convs."""
+    assert tuple(window_strides) == (1, 1), "im2col_conv supports stride 1 only"
+    assert padding == "VALID" or tuple(map(tuple, padding)) == ((0, 0), (0, 0)), "im2col_conv supports VALID only"
+    assert lhs_dilation in (None, (1, 1)) and rhs_dilation in (None, (1, 1)), "no dilation"
+    kh, kw, cin, cout = rhs.shape
+    assert kh == kw
+    return image_patches(lhs, kh) @ rhs.reshape(kh * kw * cin, cout)
+
+
+def default_conv() -> str:
+    """The convolution that trains fastest on this backend (measured): im2col on CPU, XLA's elsewhere."""
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, of [..., H, W, C] (H and W even) as a reshape and a max."""
+    *lead, h, w, c = x.shape
+    return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
+
+
+class LeNet(nn.Module):
+    """The reference LeNet-5. 184,586 parameters.
+
+    Attributes:
+      conv: "im2col" or "xla", how the two convolutions are computed; both give the same
+        function, they differ in speed per backend (`default_conv`).
+    """
+
+    conv: str = "im2col"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, masks: DropoutMasks | None = None) -> jax.Array:
+        """Logits [N, 10] of images [N, 28, 28, 1]; dropout on when `masks` (batch [N]) is given."""
+        conv_fn = {"im2col": im2col_conv, "xla": None}[self.conv]
+
+        def conv(features, fan_in, name):
+            return nn.Conv(
+                features,
+                (KERNEL, KERNEL),
+                padding="VALID",
+                kernel_init=torch_kernel_init,
+                bias_init=torch_bias_init(fan_in),
+                conv_general_dilated=conv_fn,
+                name=name,
+            )
+
+        def dense(features, fan_in, name):
+            return nn.Dense(features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in), name=name)
+
+        def drop(h, layer):
+            if masks is None:
+                return h
+            mask = getattr(masks, layer)  # [N, C]; for conv outputs it broadcasts over H, W: Dropout2d
+            return h * mask.reshape(mask.shape[:1] + (1,) * (h.ndim - 2) + mask.shape[1:])
+
+        x = conv(CONV1_FEATURES, KERNEL * KERNEL, "conv1")(x)
+        x = nn.relu(max_pool_2x2(drop(x, "conv1")))
+        x = conv(CONV2_FEATURES, KERNEL * KERNEL * CONV1_FEATURES, "conv2")(x)
+        x = nn.relu(max_pool_2x2(drop(x, "conv2")))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(drop(dense(FC1_FEATURES, 1024, "fc1")(x), "fc1"))
+        return dense(NUM_CLASSES, FC1_FEATURES, "fc2")(x)
+
+
+def init_params(key: jax.Array) -> dict:
+    """Fresh parameters, initialised as PyTorch initialises the reference model."""
+    return LeNet().init(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
+
+
+def count_params(params) -> int:
+    return sum(p.size for p in jax.tree_util.tree_leaves(params))
+
+
+def params_from_torch(state_dict) -> dict:
+    """LeNet parameters from the reference PyTorch model's state_dict (tensors or arrays).
+
+    PyTorch stores conv kernels OIHW and linear weights [out, in], and flattens conv2's
+    output in (C, H, W) order; this model uses HWIO, [in, out] and (H, W, C).
+    """
+    w = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, np.float32) for k, v in state_dict.items()}
+    fc1 = w["fc1.weight"].reshape(FC1_FEATURES, CONV2_FEATURES, 4, 4).transpose(2, 3, 1, 0).reshape(-1, FC1_FEATURES)
+    return {
+        "conv1": {"kernel": w["conv1.weight"].transpose(2, 3, 1, 0), "bias": w["conv1.bias"]},
+        "conv2": {"kernel": w["conv2.weight"].transpose(2, 3, 1, 0), "bias": w["conv2.bias"]},
+        "fc1": {"kernel": fc1, "bias": w["fc1.bias"]},
+        "fc2": {"kernel": w["fc2.weight"].T, "bias": w["fc2.bias"]},
+    }
+
+
+def params_to_torch(params) -> dict:
+    """The inverse of `params_from_torch`: numpy arrays keyed as the PyTorch state_dict."""
+    p = jax.tree_util.tree_map(np.asarray, params)
+    fc1 = p["fc1"]["kernel"].reshape(4, 4, CONV2_FEATURES, FC1_FEATURES).transpose(3, 2, 0, 1).reshape(FC1_FEATURES, -1)
+    return {
+        "conv1.weight": p["conv1"]["kernel"].transpose(3, 2, 0, 1),
+        "conv1.bias": p["conv1"]["bias"],
+        "conv2.weight": p["conv2"]["kernel"].transpose(3, 2, 0, 1),
+        "conv2.bias": p["conv2"]["bias"],
+        "fc1.weight": fc1,
+        "fc1.bias": p["fc1"]["bias"],
+        "fc2.weight": p["fc2"]["kernel"].T,
+        "fc2.bias": p["fc2"]["bias"],
+    }

@@ -1,0 +1,136 @@
+"""The run directory, written as the run goes so an interrupted run keeps what it finished.
+
+RUN_DIR/
+  config.json        every setting, the initial labeled set and the package versions
+  metrics.jsonl      one JSON object per iteration (see `StepInfo` and `metrics_record`)
+  pool_indices.npy   int64 [P]: which training-set images form the pool
+  pool_scores.npy    float32 [R, P]: the score of every pool sample at every round
+  test_scores.npy    float32 [R, T]: the same for the test set (absent with --skip-test-scores)
+
+R = iterations + 1 rounds (the last one trains and scores without acquiring). The score
+files are plain `.npy` arrays (`numpy.load(path, mmap_mode="r")` reads them without jal);
+rows of rounds that have not finished hold NaN.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from jal.errors import JalError
+
+CONFIG, METRICS = "config.json", "metrics.jsonl"
+POOL_SCORES, TEST_SCORES, POOL_INDICES = "pool_scores.npy", "test_scores.npy", "pool_indices.npy"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def metrics_record(info, seconds: float) -> dict:
+    """One line of metrics.jsonl from a StepInfo."""
+    pool_scores = np.asarray(info.pool_scores)
+    return {
+        "iteration": int(info.iteration),
+        "num_labeled": int(info.num_labeled),
+        "test_accuracy": float(info.test_accuracy),
+        "test_nll": float(info.test_nll),
+        "train_loss": [float(x) for x in np.asarray(info.train_loss)],
+        "acquired": [int(i) for i in np.asarray(info.acquired)],
+        "acquired_scores": [float(s) for s in np.asarray(info.acquired_scores)],
+        "mean_pool_score": float(pool_scores.mean()),
+        "max_pool_score": float(pool_scores.max()),
+        "seconds": seconds,
+    }
+
+
+class RunWriter:
+    """Creates a run directory and appends one round at a time to it."""
+
+    def __init__(self, run_dir: str | os.PathLike, config: dict, *, pool_indices, rounds: int, test_size: int):
+        self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
+            raise JalError(f"{self.run_dir} exists and is not an empty folder; choose another --out or remove it")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
+        np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
+        self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
+        self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
+        self.metrics = open(self.run_dir / METRICS, "a")
+        self.round = 0
+
+    def append(self, info, seconds: float) -> dict:
+        """Writes one round's scores and metrics and flushes them to disk; returns the metrics."""
+        self.pool_scores[self.round] = np.asarray(info.pool_scores)
+        self.pool_scores.flush()
+        if self.test_scores is not None:
+            self.test_scores[self.round] = np.asarray(info.test_scores)
+            self.test_scores.flush()
+        record = metrics_record(info, seconds)
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        self.round += 1
+        return record
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _nan_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    array[:] = np.nan
+    array.flush()
+    return array
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / CONFIG
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise JalError(f"{path}: cannot read ({e}); is {run_dir} a jal run directory?") from e
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The finished rounds of a run; a last line cut short by an interruption is skipped."""
+    path = Path(run_dir) / METRICS
+    try:
+        lines = path.read_text().splitlines(keepends=True)
+    except OSError as e:
+        raise JalError(f"{path}: cannot read ({e}); is {run_dir} a jal run directory?") from e
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            raise JalError(f"{path}:{number}: not JSON ({e}); the file is corrupt") from e
+    return records
+
+
+def read_scores(run_dir: str | os.PathLike, split: str = "pool") -> np.ndarray:
+    """Score history [R, N] of the pool or test set (NaN rows: rounds not finished)."""
+    path = Path(run_dir) / {"pool": POOL_SCORES, "test": TEST_SCORES}[split]
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise JalError(f"{path}: cannot read ({e}); the run has no {split} scores or the file is corrupt") from e

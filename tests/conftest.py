@@ -1,0 +1,59 @@
+"""Shared fixtures: small synthetic MNIST-format data, and the real MNIST when available."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jal.data import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def synthetic_mnist(num_train: int, num_test: int, seed: int = 0):
+    """Learnable 28x28 images: class c lights a 6x6 patch at a class-dependent place, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            row, col = 2 + 8 * (c // 4), 2 + 7 * (c % 4)
+            images[i, row : row + 6, col : col + 6] = 255
+        return images, labels
+
+    return (*make(num_train), *make(num_test))
+
+
+def write_idx_dir(directory: Path, arrays, *, gzipped: bool = True) -> Path:
+    """Writes (train_images, train_labels, test_images, test_labels) as the four IDX files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for (field, (name, _)), array in zip(IDX_FILES.items(), arrays, strict=True):
+        data = idx_bytes(array, IMAGES_MAGIC if field.endswith("images") else LABELS_MAGIC)
+        if gzipped:
+            with gzip.open(directory / f"{name}.gz", "wb") as f:
+                f.write(data)
+        else:
+            (directory / name).write_bytes(data)
+    return directory
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path) -> Path:
+    return write_idx_dir(tmp_path / "mnist", synthetic_mnist(600, 200))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST IDX folder named by $JAL_MNIST_DIR."""
+    path = os.environ.get("JAL_MNIST_DIR")
+    if not path:
+        pytest.skip("JAL_MNIST_DIR is not set: point it at a folder with the four MNIST IDX files to run this test")
+    return Path(path)

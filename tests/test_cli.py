@@ -1,0 +1,96 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jal.cli import main
+
+SMALL = ["--pool-size", "100", "--initial", "10", "--acquire", "5", "--iterations", "2", "--mc-samples", "4",
+         "--epochs", "1", "--min-samples-per-epoch", "64", "--chunk-size", "64"]  # fmt: skip
+
+
+def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(out), *SMALL]) == 0
+    assert "done: 3 rounds, 20 labels" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["num_labeled"] for m in metrics] == [10, 15, 20]
+    assert [len(m["acquired"]) for m in metrics] == [5, 5, 0]
+    assert all(0 <= m["test_accuracy"] <= 1 for m in metrics)
+    config = json.loads((out / "config.json").read_text())
+    assert config["acquisition"] == "bald" and config["pool_size"] == 100 and len(config["initial_indices"]) == 10
+    pool_scores, test_scores = np.load(out / "pool_scores.npy"), np.load(out / "test_scores.npy")
+    assert pool_scores.shape == (3, 100) and test_scores.shape == (3, 200) and np.isfinite(pool_scores).all()
+    acquired = [i for m in metrics for i in m["acquired"]]
+    assert not set(acquired) & set(config["initial_indices"]) and len(set(acquired)) == 10
+
+    random_run = tmp_path / "random"
+    assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(random_run), "--acquisition", "random",
+                 "--skip-test-scores", *SMALL]) == 0  # fmt: skip
+    assert not (random_run / "test_scores.npy").exists()
+    figure = tmp_path / "fig.png"
+    assert main(["plot", str(out), str(random_run), "--out", str(figure)]) == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 20_000
+
+
+def test_run_on_real_mnist(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = [*SMALL, "--pool-size", "300", "--min-samples-per-epoch", "1000", "--epochs", "2"]
+    assert main(["run", "--data-dir", str(mnist_dir), "--out", str(out), *flags]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and metrics[-1]["num_labeled"] == 20
+    assert metrics[-1]["test_accuracy"] > 0.4  # far above chance (0.1) from 20 labels
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--iterations", "-1"], "below the minimum 0"),
+        (["--mc-samples", "0"], "below the minimum 1"),
+        (["--lr", "nan"], "finite number"),
+        (["--acquisition", "magic"], "invalid choice"),
+        (["--pool-size", "ten"], "not an integer"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--out", str(tmp_path / "run"), *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--iterations", "100", "--acquire", "50"], "exceed the pool"),
+        (["--pool-size", "601"], "pool size 601"),
+        (["--initial", "200"], "--initial 200"),
+    ],
+)
+def test_impossible_settings_exit_2_before_anything_is_written(synthetic_dir, tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(out), "--pool-size", "100", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_missing_data_dir_from_a_real_process(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jal.cli", "run", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("jal: error:") and "nowhere: no such folder" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_plot_rejects_what_is_not_a_run(tmp_path, capsys):
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "f.png")]) == 2
+    assert "jal run directory" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "f.txt")]) == 2

@@ -1,0 +1,119 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import synthetic_mnist
+
+from jal import loop
+from jal.data import normalize
+from jal.errors import JalError
+from jal.train import TrainConfig
+
+POOL, INITIAL, ACQUIRE = 120, 10, 3
+CONFIG = loop.LoopConfig(
+    acquire=ACQUIRE, mc_samples=4, chunk_size=64, train=TrainConfig(epochs=1, min_samples_per_epoch=64)
+)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    train_images, train_labels, test_images, test_labels = synthetic_mnist(POOL, 50, seed=1)
+    data = loop.Data(
+        jnp.asarray(normalize(train_images)), jnp.asarray(normalize(test_images)), jnp.asarray(test_labels, jnp.int32)
+    )
+    return data, loop.dataset_oracle(train_labels)
+
+
+def fresh_state(oracle, seed=0):
+    initial = loop.initial_indices(POOL, INITIAL, seed)
+    return loop.init(jax.random.key(seed), POOL, initial, oracle(initial))
+
+
+def run_steps(problem, config, steps, seed=0):
+    data, oracle = problem
+    state, infos = fresh_state(oracle, seed), []
+    for _ in range(steps):
+        before = state
+        state, info = loop.step(state, data, config, oracle)
+        infos.append((before, info))
+    return state, infos
+
+
+def test_loop_invariants(problem):
+    state, infos = run_steps(problem, CONFIG, 4)
+    for before, info in infos:
+        labeled = np.asarray(before.labeled)
+        scores = np.asarray(info.pool_scores)
+        acquired = np.asarray(info.acquired)
+        assert scores.shape == (POOL,) and np.isfinite(scores).all()
+        assert np.asarray(info.test_scores).shape == (50,)
+        assert 0 <= float(info.test_accuracy) <= 1 and np.isfinite(float(info.test_nll))
+        # Each acquisition is the best-scoring set among the unlabeled samples, best first.
+        assert not labeled[acquired].any() and len(set(acquired.tolist())) == ACQUIRE
+        best = np.sort(scores[~labeled])[::-1][:ACQUIRE]
+        np.testing.assert_allclose(scores[acquired], best)
+        np.testing.assert_allclose(np.asarray(info.acquired_scores), best)
+    # Labeled and unlabeled partition the pool; order lists each labeled sample once.
+    labeled = np.asarray(state.labeled)
+    order = np.asarray(state.order)
+    n = int(state.num_labeled)
+    assert n == INITIAL + 4 * ACQUIRE == labeled.sum() and int(state.iteration) == 4
+    assert sorted(order[:n].tolist()) == np.flatnonzero(labeled).tolist() and (order[n:] == loop.UNLABELED).all()
+    acquired_in_order = np.concatenate([np.asarray(info.acquired) for _, info in infos])
+    np.testing.assert_array_equal(order[INITIAL:n], acquired_in_order)
+    # The oracle's labels land on the labeled samples only.
+    np.testing.assert_array_equal(np.asarray(state.labels)[labeled], problem[1](np.flatnonzero(labeled)))
+    assert (np.asarray(state.labels)[~labeled] == loop.UNLABELED).all()
+
+
+def test_same_seed_same_acquisitions_and_no_recompilation(problem):
+    _, first = run_steps(problem, CONFIG, 3, seed=5)
+    compiled = loop._propose._cache_size()
+    _, second = run_steps(problem, CONFIG, 3, seed=5)
+    assert loop._propose._cache_size() == compiled  # the labeled set grew; nothing compiled again
+    for (_, a), (_, b) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a.acquired, b.acquired)
+        np.testing.assert_array_equal(a.pool_scores, b.pool_scores)
+    _, other = run_steps(problem, CONFIG, 1, seed=6)
+    assert not np.array_equal(other[0][1].pool_scores, first[0][1].pool_scores)
+
+
+def test_random_acquisition_records_bald_and_skipping_test_scores(problem):
+    config = CONFIG._replace(acquisition="random", score_test=False)
+    state, infos = run_steps(problem, config, 2)
+    (before, info), _ = infos
+    assert np.asarray(info.test_scores).shape == (0,)
+    assert not np.asarray(before.labeled)[np.asarray(info.acquired)].any()
+    # Random choices are not the top BALD scores (with overwhelming probability for 3 of 110).
+    top = np.argsort(-np.asarray(info.pool_scores) - 1e9 * np.asarray(before.labeled))[:ACQUIRE]
+    assert set(top.tolist()) != set(np.asarray(info.acquired).tolist())
+
+
+def test_a_person_can_label_between_steps(problem):
+    data, oracle = problem
+    state = fresh_state(oracle)
+    indices, info = loop.propose(state, data, CONFIG)
+    # propose is pure: asking again gives the same answer and leaves the state as it was.
+    again, _ = loop.propose(state, data, CONFIG)
+    np.testing.assert_array_equal(indices, again)
+    state = loop.label(state, indices, [7, 7, 7])
+    assert (np.asarray(state.labels)[np.asarray(indices)] == 7).all()
+    with pytest.raises(JalError, match="already labeled"):
+        loop.label(state, indices[:1], [1])
+    with pytest.raises(JalError, match="0..9"):
+        loop.label(state, [int(np.flatnonzero(~np.asarray(state.labeled))[0])], [10])
+    final = loop.evaluate(state, data, CONFIG)
+    assert np.asarray(final.acquired).shape == (0,) and int(final.num_labeled) == INITIAL + ACQUIRE
+
+
+def test_run_calls_back_every_round_and_checks_settings(problem):
+    data, oracle = problem
+    seen = []
+    state = loop.run(fresh_state(oracle), data, CONFIG, oracle, iterations=2, callback=seen.append)
+    assert [int(i.iteration) for i in seen] == [0, 1, 2] and int(state.num_labeled) == INITIAL + 2 * ACQUIRE
+    with pytest.raises(JalError, match="exceed the pool"):
+        loop.check_settings(POOL, INITIAL, ACQUIRE, 100, "bald")
+    with pytest.raises(JalError, match="pool is empty"):
+        loop.check_settings(0, 1, 1, 1, "bald")
+    with pytest.raises(JalError, match="unknown acquisition"):
+        loop.check_settings(POOL, 1, 1, 1, "magic")

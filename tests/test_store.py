@@ -1,0 +1,62 @@
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jal import store
+from jal.errors import JalError
+from jal.loop import StepInfo
+
+
+def info(iteration, pool=6, test=4):
+    return StepInfo(
+        iteration=jnp.int32(iteration),
+        num_labeled=jnp.int32(2 + iteration),
+        test_accuracy=jnp.float32(0.5),
+        test_nll=jnp.float32(1.25),
+        train_loss=jnp.array([2.0, 1.0]),
+        pool_scores=jnp.arange(pool, dtype=jnp.float32) + iteration,
+        test_scores=jnp.ones(test),
+        acquired=jnp.array([5], jnp.int32),
+        acquired_scores=jnp.array([5.0 + iteration]),
+    )
+
+
+def test_writes_as_it_goes_and_reads_back(tmp_path):
+    run = tmp_path / "run"
+    writer = store.RunWriter(run, {"acquisition": "bald"}, pool_indices=np.arange(6) * 10, rounds=3, test_size=4)
+    writer.append(info(0), 1.5)
+    writer.append(info(1), 0.5)
+    # Mid-run (as after an interruption), finished rounds are on disk and the rest is NaN.
+    pool = store.read_scores(run, "pool")
+    assert pool.shape == (3, 6)
+    np.testing.assert_array_equal(pool[1], np.arange(6) + 1)
+    assert np.isnan(pool[2]).all()
+    metrics = store.read_metrics(run)
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    assert metrics[1] == {
+        "iteration": 1, "num_labeled": 3, "test_accuracy": 0.5, "test_nll": 1.25, "train_loss": [2.0, 1.0],
+        "acquired": [5], "acquired_scores": [6.0], "mean_pool_score": 3.5, "max_pool_score": 6.0, "seconds": 0.5,
+    }  # fmt: skip
+    config = store.read_config(run)
+    assert config["acquisition"] == "bald" and config["versions"]["jax"]
+    np.testing.assert_array_equal(np.load(run / "pool_indices.npy"), np.arange(6) * 10)
+    writer.close()
+
+
+def test_torn_last_line_is_skipped_but_corruption_is_not(tmp_path):
+    (tmp_path / store.METRICS).write_text(json.dumps({"iteration": 0}) + "\n" + '{"iteration": 1, "num')
+    assert store.read_metrics(tmp_path) == [{"iteration": 0}]
+    (tmp_path / store.METRICS).write_text('{"iteration": 0, "num\n{"iteration": 1}\n')
+    with pytest.raises(JalError, match="corrupt"):
+        store.read_metrics(tmp_path)
+
+
+def test_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(JalError, match="not an empty folder"):
+        store.RunWriter(tmp_path, {}, pool_indices=np.arange(3), rounds=1, test_size=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    with pytest.raises(JalError, match="jal run directory"):
+        store.read_metrics(tmp_path)

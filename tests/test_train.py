@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import synthetic_mnist
+
+from jal.data import normalize
+from jal.estimators import accuracy_and_nll
+from jal.model import LeNet
+from jal.train import TrainConfig, bootstrap, epoch_size, make_optimizer, train, weighted_cross_entropy
+
+
+def test_bootstrap_draws_only_labeled_samples():
+    order = jnp.array([7, 3, 9, -1, -1, -1], jnp.int32)
+    draws = np.asarray(bootstrap(jax.random.key(0), order, jnp.int32(3), 300))
+    assert set(draws.tolist()) == {3, 7, 9}  # with replacement, all three show up
+    # Once the labeled set fills the epoch, each labeled sample is used once.
+    full = np.asarray(bootstrap(jax.random.key(0), jnp.arange(6, dtype=jnp.int32), jnp.int32(6), 6))
+    np.testing.assert_array_equal(np.sort(full), np.arange(6))
+    assert epoch_size(60, TrainConfig()) == 10_000 and epoch_size(12_000, TrainConfig()) == 12_000
+
+
+def test_padding_weights_leave_the_loss_a_mean_over_real_samples():
+    logits = jax.random.normal(jax.random.key(1), (8, 10))
+    labels = jnp.arange(8) % 10
+    weights = jnp.array([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits[:5], labels[:5]).mean()
+    np.testing.assert_allclose(weighted_cross_entropy(logits, labels, weights), expected, rtol=1e-6)
+
+
+def test_loss_falls_and_the_model_learns_a_small_labeled_set():
+    train_images, train_labels, test_images, test_labels = synthetic_mnist(100, 200)
+    images = jnp.asarray(normalize(train_images))
+    order = jnp.arange(100, dtype=jnp.int32)
+    config = TrainConfig(epochs=3, min_samples_per_epoch=1024)
+    params, losses = train(
+        jax.random.key(0), images, jnp.asarray(train_labels, jnp.int32), order, jnp.int32(40),
+        config=config, samples_per_epoch=1024,
+    )  # fmt: skip
+    losses = np.asarray(losses)
+    assert losses.shape == (3,) and np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0]
+    logits = LeNet().apply({"params": params}, jnp.asarray(normalize(test_images)))
+    accuracy, _ = accuracy_and_nll(jax.nn.log_softmax(logits), jnp.asarray(test_labels))
+    assert accuracy > 0.8  # learned from 40 labels, measured on unseen samples
+
+
+def test_training_is_deterministic_given_the_key():
+    train_images, train_labels, *_ = synthetic_mnist(50, 1)
+    args = (jnp.asarray(normalize(train_images)), jnp.asarray(train_labels, jnp.int32), jnp.arange(50, dtype=jnp.int32))
+    config = TrainConfig(epochs=1, min_samples_per_epoch=100)
+    a, _ = train(jax.random.key(3), *args, jnp.int32(20), config=config, samples_per_epoch=100)
+    b, _ = train(jax.random.key(3), *args, jnp.int32(20), config=config, samples_per_epoch=100)
+    c, _ = train(jax.random.key(4), *args, jnp.int32(20), config=config, samples_per_epoch=100)
+    leaves_a, leaves_b, leaves_c = map(jax.tree_util.tree_leaves, (a, b, c))
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, z) for x, z in zip(leaves_a, leaves_c, strict=True))
+
+
+def test_optimizer_matches_torch_adam_with_weight_decay():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=5).astype(np.float32)
+    grads = rng.normal(size=(6, 5)).astype(np.float32)
+    config = TrainConfig()
+
+    w = torch.tensor(w0, requires_grad=True)
+    reference = torch.optim.Adam([w], lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config)
+    params = jnp.asarray(w0)
+    state = optimizer.init(params)
+    for g in grads:
+        reference.zero_grad()
+        w.grad = torch.from_numpy(g.copy())
+        reference.step()
+        updates, state = optimizer.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params, w.detach().numpy(), rtol=1e-6, atol=1e-7)
