@@ -1,8 +1,4 @@
-"""The reference experiment's algorithm in PyTorch, for side-by-side checks and benchmarks.
-
-The model is the reference's LeNet-5 as written there; MC dropout runs the model in
-train mode K times per batch, and BALD uses the reference's arithmetic.
-"""
+"""The reference experiment's LeNet-5 in PyTorch, as written there, for side-by-side checks."""
 
 from __future__ import annotations
 

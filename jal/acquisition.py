@@ -5,15 +5,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-METHODS = ("bald", "entropy", "least_confidence", "margin", "variation_ratio", "mean_std", "random")
+from jal.estimators import ESTIMATORS
+
+METHODS = (*ESTIMATORS, "random")
 
 
 def top_k_unlabeled(scores: jax.Array, labeled: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """The k highest-scoring unlabeled samples.
 
     Ties go to the lower index (`lax.top_k` is stable), so the choice is deterministic.
-    Labeled samples can never be chosen while k <= the number of unlabeled samples,
-    which the caller checks.
+    A NaN score ranks below every number but above every labeled sample, so labeled
+    samples can never be chosen while k <= the number of unlabeled samples, which the
+    caller checks.
 
     Args:
       scores: [P] float scores of every pool sample.
@@ -23,7 +26,8 @@ def top_k_unlabeled(scores: jax.Array, labeled: jax.Array, k: int) -> tuple[jax.
     Returns:
       indices [k] int32 into the pool, best first, and their scores [k].
     """
-    masked = jnp.where(labeled | jnp.isnan(scores), -jnp.inf, scores)
+    lowest = jnp.finfo(scores.dtype).min
+    masked = jnp.where(labeled, -jnp.inf, jnp.where(jnp.isnan(scores), lowest, scores))
     _, indices = jax.lax.top_k(masked, k)
     return indices, scores[indices]
 

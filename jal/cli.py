@@ -7,16 +7,17 @@ import math
 import sys
 import time
 
+from jal import scoring
 from jal.acquisition import METHODS
 from jal.errors import JalError
+from jal.loop import LoopConfig
 
-DEFAULTS = dict(
-    initial=60, acquire=1, iterations=100, mc_samples=32, epochs=3, pool_size=10_000, seed=42, pool_seed=1,
-    batch_size=64, lr=5e-4, weight_decay=1e-4, min_samples_per_epoch=10_000, chunk_size=256,
-)  # fmt: skip
+# The reference experiment's settings that are not LoopConfig fields.
+POOL_SIZE, POOL_SEED, INITIAL, ITERATIONS, SEED = 10_000, 1, 60, 100, 42
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
 
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, maximum: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -24,6 +25,8 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum {maximum}")
         return value
 
     return parse
@@ -55,42 +58,46 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run an active-learning experiment (defaults: the reference MNIST BALD experiment)"
     )
+    defaults, train_defaults = LoopConfig(), LoopConfig().train
     data = run.add_argument_group("data")
-    data.add_argument(
+    source = data.add_mutually_exclusive_group()
+    source.add_argument(
         "--data-dir",
         help="folder with the four MNIST IDX files, gzipped or not "
         "(default: $JAL_MNIST_DIR, else downloaded once to ~/.cache/jal/mnist)",
     )
-    data.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this TFDS data folder instead")
-    data.add_argument("--pool-size", type=_int_at_least(1), default=DEFAULTS["pool_size"])
+    source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this TFDS data folder instead")
+    data.add_argument("--pool-size", type=_int_at_least(1), default=POOL_SIZE)
     data.add_argument(
         "--pool-seed",
-        type=_int_at_least(0),
-        default=DEFAULTS["pool_seed"],
+        type=_int_at_least(0, MAX_SEED),
+        default=POOL_SEED,
         help="seed of the pool's random subset of the training set",
     )
     loop = run.add_argument_group("loop")
     loop.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
-    loop.add_argument("--acquisition", choices=METHODS, default="bald")
-    loop.add_argument("--iterations", type=_int_at_least(0), default=DEFAULTS["iterations"])
-    loop.add_argument("--initial", type=_int_at_least(1), default=DEFAULTS["initial"], help="initial labels")
-    loop.add_argument("--acquire", type=_int_at_least(1), default=DEFAULTS["acquire"], help="labels per iteration")
-    loop.add_argument("--seed", type=_int_at_least(0), default=DEFAULTS["seed"])
-    scoring = run.add_argument_group("scoring")
-    scoring.add_argument("--mc-samples", type=_int_at_least(1), default=DEFAULTS["mc_samples"], help="K")
-    scoring.add_argument("--chunk-size", type=_int_at_least(1), default=DEFAULTS["chunk_size"])
-    scoring.add_argument("--scorer", choices=("factorised", "direct"), default="factorised")
-    scoring.add_argument(
+    loop.add_argument("--acquisition", choices=METHODS, default=defaults.acquisition)
+    loop.add_argument("--iterations", type=_int_at_least(0), default=ITERATIONS)
+    loop.add_argument("--initial", type=_int_at_least(1), default=INITIAL, help="initial labels")
+    loop.add_argument("--acquire", type=_int_at_least(1), default=defaults.acquire, help="labels per iteration")
+    loop.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=SEED)
+    mc = run.add_argument_group("scoring")
+    mc.add_argument("--mc-samples", type=_int_at_least(1), default=defaults.mc_samples, help="K")
+    mc.add_argument("--chunk-size", type=_int_at_least(1), default=defaults.chunk_size)
+    mc.add_argument("--scorer", choices=scoring.METHODS, default=defaults.scorer)
+    mc.add_argument(
         "--skip-test-scores",
         action="store_true",
         help="do not MC-score the test set; evaluate it with one deterministic pass",
     )
     training = run.add_argument_group("training")
-    training.add_argument("--epochs", type=_int_at_least(1), default=DEFAULTS["epochs"])
-    training.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULTS["batch_size"])
-    training.add_argument("--lr", type=_float_above(0, inclusive=False), default=DEFAULTS["lr"])
-    training.add_argument("--weight-decay", type=_float_above(0, inclusive=True), default=DEFAULTS["weight_decay"])
-    training.add_argument("--min-samples-per-epoch", type=_int_at_least(1), default=DEFAULTS["min_samples_per_epoch"])
+    training.add_argument("--epochs", type=_int_at_least(1), default=train_defaults.epochs)
+    training.add_argument("--batch-size", type=_int_at_least(1), default=train_defaults.batch_size)
+    training.add_argument("--lr", type=_float_above(0, inclusive=False), default=train_defaults.learning_rate)
+    training.add_argument("--weight-decay", type=_float_above(0, inclusive=True), default=train_defaults.weight_decay)
+    training.add_argument(
+        "--min-samples-per-epoch", type=_int_at_least(1), default=train_defaults.min_samples_per_epoch
+    )
     training.add_argument(
         "--conv",
         choices=("auto", "im2col", "xla"),
@@ -113,10 +120,11 @@ def run_command(args) -> None:
     from jal import data as jdata
     from jal import loop
     from jal.model import default_conv
-    from jal.store import RunWriter
+    from jal.store import RunWriter, check_run_dir
     from jal.train import TrainConfig
 
     # Everything that can fail on bad input is checked before the run directory is made.
+    check_run_dir(args.out)
     mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
     pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
     loop.check_settings(args.pool_size, args.initial, args.acquire, args.iterations, args.acquisition)
@@ -155,21 +163,16 @@ def run_command(args) -> None:
         initial_indices=[int(i) for i in initial],
     )
     rounds = args.iterations + 1
-    writer = RunWriter(
-        args.out,
-        settings,
-        pool_indices=pool_indices,
-        rounds=rounds,
-        test_size=len(mnist.test_images) * config.score_test,
-    )
+    test_size = len(mnist.test_images) if config.score_test else 0
+    writer = RunWriter(args.out, settings, pool_indices=pool_indices, rounds=rounds, test_size=test_size)
     progress = tqdm(total=rounds, desc="jal run", unit="round", file=sys.stderr)
-    last = [time.perf_counter()]
-    start = last[0]
+    start = last = time.perf_counter()
 
     def record(info) -> None:
+        nonlocal last
         now = time.perf_counter()
-        metrics = writer.append(info, now - last[0])
-        last[0] = now
+        metrics = writer.append(info, now - last)
+        last = now
         progress.set_postfix(labels=metrics["num_labeled"], test_acc=f"{metrics['test_accuracy']:.4f}")
         progress.update()
 
@@ -181,9 +184,8 @@ def run_command(args) -> None:
     finally:
         writer.close()
     progress.close()
-    final = writer.round
     print(
-        f"done: {final} rounds, {metrics_summary(writer.run_dir)}, {time.perf_counter() - start:.1f} s; "
+        f"done: {writer.round} rounds, {metrics_summary(writer.run_dir)}, {time.perf_counter() - start:.1f} s; "
         f"results in {writer.run_dir}"
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import urllib.request
@@ -143,7 +144,9 @@ def load_tfds(data_dir: str | os.PathLike | None = None) -> MNIST:
         except Exception as e:  # tfds raises several types for a missing or broken dataset
             raise JalError(f"TFDS mnist ({split}) in {data_dir or 'the default TFDS folder'}: {e}") from e
         records = [source[i] for i in range(len(source))]
-        images = np.stack([np.asarray(r["image"], np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE) for r in records])
+        images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
+        if images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 1):
+            images = images[..., 0]
         labels = np.asarray([r["label"] for r in records], np.uint8)
         _check(images, labels, f"TFDS mnist {split}")
         splits[split] = (images, labels)
@@ -157,7 +160,10 @@ def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR
     interrupted or corrupt download never leaves a file behind.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JalError(f"cannot create {directory} ({e}); set JAL_CACHE_DIR or pass --data-dir") from e
     for name, md5 in IDX_FILES.values():
         target = directory / f"{name}.gz"
         if target.is_file():
@@ -171,7 +177,7 @@ def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR
             if found != md5:
                 raise JalError(f"{url}: content md5 {found}, expected {md5}; the mirror is broken, try again later")
             part.rename(target)
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             raise JalError(f"cannot download {url} ({e}); offline, pass --data-dir with the MNIST IDX files") from e
         finally:
             part.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 All work in log space: mean probabilities come from a logsumexp, and 0 log 0 = 0 is
 taken explicitly, so no estimator returns NaN even when a probability underflows to 0.
+A NaN input (a diverged model) stays NaN rather than passing for a score.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def mean_log_probs(log_probs: jax.Array) -> jax.Array:
 
 def entropy(log_probs: jax.Array) -> jax.Array:
     """Entropy over the last axis, in nats, with 0 log 0 = 0."""
-    return -jnp.sum(jnp.where(log_probs > -jnp.inf, jnp.exp(log_probs) * log_probs, 0.0), axis=-1)
+    return -jnp.sum(jnp.where(jnp.isneginf(log_probs), 0.0, jnp.exp(log_probs) * log_probs), axis=-1)
 
 
 def predictive_entropy(log_probs: jax.Array) -> jax.Array:

@@ -24,6 +24,7 @@ import numpy as np
 from jal.acquisition import METHODS, random_scores, top_k_unlabeled
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS, accuracy_and_nll
+from jal.model import NUM_CLASSES
 from jal.scoring import deterministic_log_probs, mc_log_probs
 from jal.train import TrainConfig, epoch_size, train
 
@@ -95,12 +96,27 @@ def check_settings(pool_size: int, initial: int, acquire: int, iterations: int, 
         )
 
 
+def _checked(indices, labels, labeled: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """Indices and labels as int32 device arrays, after checking they can be given."""
+    indices, labels = np.asarray(indices), np.asarray(labels)
+    if indices.shape != labels.shape or indices.ndim != 1 or indices.dtype.kind not in "iu":
+        raise JalError(f"indices {indices.shape} and labels {labels.shape} must be 1-D integer arrays of one length")
+    if ((indices < 0) | (indices >= len(labeled))).any():
+        raise JalError(f"pool indices must lie in 0..{len(labeled) - 1}")
+    if len(np.unique(indices)) != len(indices) or labeled[indices].any():
+        raise JalError("some of these samples are already labeled or repeated; label each pool sample once")
+    if ((labels < 0) | (labels >= NUM_CLASSES)).any():
+        raise JalError(f"labels must be classes 0..{NUM_CLASSES - 1}")
+    return jnp.asarray(indices, jnp.int32), jnp.asarray(labels, jnp.int32)
+
+
 def init(key: jax.Array, pool_size: int, initial_indices, initial_labels) -> LoopState:
     """The state before the first iteration: the initial samples labeled, in order."""
-    initial_indices = jnp.asarray(initial_indices, jnp.int32)
-    labels = jnp.full((pool_size,), UNLABELED, jnp.int32).at[initial_indices].set(jnp.asarray(initial_labels))
-    order = jnp.full((pool_size,), UNLABELED, jnp.int32).at[: len(initial_indices)].set(initial_indices)
-    return LoopState(labels, order, jnp.int32(len(initial_indices)), jnp.int32(0), key)
+    indices, labels = _checked(initial_indices, initial_labels, np.zeros(pool_size, bool))
+    empty = jnp.full((pool_size,), UNLABELED, jnp.int32)
+    return LoopState(
+        empty.at[indices].set(labels), empty.at[: len(indices)].set(indices), jnp.int32(len(indices)), jnp.int32(0), key
+    )
 
 
 def initial_indices(pool_size: int, initial: int, seed: int) -> np.ndarray:
@@ -123,7 +139,11 @@ def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_ep
     )
     score = ESTIMATORS[config.score_name]
     mc = functools.partial(
-        mc_log_probs, num_samples=config.mc_samples, chunk_size=config.chunk_size, method=config.scorer
+        mc_log_probs,
+        num_samples=config.mc_samples,
+        chunk_size=config.chunk_size,
+        method=config.scorer,
+        conv=config.train.conv,
     )
     pool_scores = score(mc(params, data.pool_images, key=pool_key))
     if config.score_test:
@@ -192,14 +212,7 @@ def _label(state: LoopState, indices: jax.Array, labels: jax.Array) -> LoopState
 
 def label(state: LoopState, indices, labels) -> LoopState:
     """A new state with `labels` given to the pool samples `indices` (not yet labeled)."""
-    indices, labels = np.asarray(indices, np.int32), np.asarray(labels, np.int32)
-    if indices.shape != labels.shape or indices.ndim != 1:
-        raise JalError(f"indices {indices.shape} and labels {labels.shape} must be 1-D and of one length")
-    if len(np.unique(indices)) != len(indices) or np.asarray(state.labeled)[indices].any():
-        raise JalError("some of these samples are already labeled or repeated; label each pool sample once")
-    if ((labels < 0) | (labels >= 10)).any():
-        raise JalError("labels must be classes 0..9")
-    return _label(state, jnp.asarray(indices), jnp.asarray(labels))
+    return _label(state, *_checked(indices, labels, np.asarray(state.labeled)))
 
 
 Oracle = Callable[[np.ndarray], np.ndarray]
@@ -211,9 +224,17 @@ def dataset_oracle(pool_labels) -> Oracle:
     return lambda indices: pool_labels[np.asarray(indices)]
 
 
+def check_trained(info: StepInfo) -> StepInfo:
+    """Raises JalError if training diverged: its scores would be meaningless."""
+    if not np.isfinite(np.asarray(info.train_loss)).all():
+        raise JalError(f"training diverged (non-finite loss) at iteration {int(info.iteration)}; lower --lr")
+    return info
+
+
 def step(state: LoopState, data: Data, config: LoopConfig, oracle: Oracle) -> tuple[LoopState, StepInfo]:
     """propose, then label what was proposed with `oracle`."""
     indices, info = propose(state, data, config)
+    check_trained(info)
     indices = np.asarray(indices)
     return label(state, indices, oracle(indices)), info
 
@@ -231,5 +252,5 @@ def run(
     for _ in range(iterations):
         state, info = step(state, data, config, oracle)
         callback(info)
-    callback(evaluate(state, data, config))
+    callback(check_trained(evaluate(state, data, config)))
     return state

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jal.model import KERNEL, DropoutMasks, LeNet, image_patches, max_pool_2x2, sample_masks
 
-METHODS = ("factorised", "direct")
+METHODS = ("factorised", "direct")  # the same function, computed two ways
 
 
 def mc_log_probs_direct(params, images: jax.Array, masks: DropoutMasks, *, conv: str = "im2col") -> jax.Array:
@@ -36,7 +36,7 @@ def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks) -> j
     """The same as `mc_log_probs_direct`, computed through conv2's per-channel partials."""
     n = images.shape[0]
     c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
-    cin, cout = c2["kernel"].shape[2:]
+    cin, cout = c2["kernel"].shape[2:]  # conv2's input channels are conv1's outputs
 
     h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
     z = jax.nn.relu(max_pool_2x2(h1))  # [N, 12, 12, 32], the same for every MC sample
@@ -66,7 +66,7 @@ def _unchunk(outputs: jax.Array, n: int) -> jax.Array:
     return outputs.reshape(-1, *outputs.shape[2:])[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "method"))
+@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "method", "conv"))
 def mc_log_probs(
     params,
     images: jax.Array,
@@ -75,11 +75,13 @@ def mc_log_probs(
     num_samples: int = 32,
     chunk_size: int = 256,
     method: str = "factorised",
+    conv: str = "im2col",
 ) -> jax.Array:
     """MC-dropout log-probabilities of a device-resident set of images, chunk by chunk.
 
     Every input gets its own independent masks for every MC sample, as the reference's K
-    forward passes in train mode give it. Memory is bounded by `chunk_size`.
+    forward passes in train mode give it. Input i's masks come from fold_in(key, i), so
+    the scores do not depend on the chunking. Memory is bounded by `chunk_size`.
 
     Args:
       params: LeNet parameters.
@@ -88,16 +90,21 @@ def mc_log_probs(
       num_samples: K, the number of MC-dropout samples.
       chunk_size: inputs per chunk.
       method: "factorised" (default, exact and fast) or "direct".
+      conv: the convolution of the direct method (`jal.model.default_conv`).
 
     Returns:
       [N, K, 10] float32 log-probabilities.
     """
     chunks = _chunks(images, chunk_size)
-    forward = {"factorised": mc_log_probs_factorised, "direct": mc_log_probs_direct}[method]
+    forward = {
+        "factorised": mc_log_probs_factorised,
+        "direct": functools.partial(mc_log_probs_direct, conv=conv),
+    }[method]
 
     def score_chunk(args):
         index, chunk = args
-        masks = sample_masks(jax.random.fold_in(key, index), (chunk_size, num_samples))
+        positions = index * chunk_size + jnp.arange(chunk_size)
+        masks = jax.vmap(lambda i: sample_masks(jax.random.fold_in(key, i), (num_samples,)))(positions)
         return forward(params, chunk, masks)
 
     return _unchunk(jax.lax.map(score_chunk, (jnp.arange(chunks.shape[0]), chunks)), images.shape[0])

@@ -56,19 +56,37 @@ def metrics_record(info, seconds: float) -> dict:
     }
 
 
+def check_run_dir(run_dir: str | os.PathLike) -> None:
+    """Raises JalError unless `run_dir` is absent or an empty folder, in a writable place."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise JalError(f"{run_dir} exists and is not an empty folder; choose another --out or remove it")
+    parent = next(p for p in run_dir.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise JalError(f"{run_dir}: cannot create it under {parent}; choose a writable place")
+
+
 class RunWriter:
     """Creates a run directory and appends one round at a time to it."""
 
     def __init__(self, run_dir: str | os.PathLike, config: dict, *, pool_indices, rounds: int, test_size: int):
+        check_run_dir(run_dir)
         self.run_dir = Path(run_dir)
-        if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
-            raise JalError(f"{self.run_dir} exists and is not an empty folder; choose another --out or remove it")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
-        np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
-        self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
-        self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
-        self.metrics = open(self.run_dir / METRICS, "a")
+        existed = self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
+            np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
+            self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
+            self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
+            self.metrics = open(self.run_dir / METRICS, "a")
+        except OSError as e:
+            # Leave nothing half-made behind: remove what this call created.
+            for path in self.run_dir.iterdir() if self.run_dir.is_dir() else ():
+                path.unlink()
+            if not existed and self.run_dir.is_dir():
+                self.run_dir.rmdir()
+            raise JalError(f"{self.run_dir}: cannot write it ({e}); free some space or choose another --out") from e
         self.round = 0
 
     def append(self, info, seconds: float) -> dict:
@@ -104,9 +122,12 @@ def _nan_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
 def read_config(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / CONFIG
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise JalError(f"{path}: cannot read ({e}); is {run_dir} a jal run directory?") from e
+    if not isinstance(config, dict):
+        raise JalError(f"{path}: not a JSON object; is {run_dir} a jal run directory?")
+    return config
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

@@ -34,7 +34,11 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def epoch_size(num_labeled: int, config: TrainConfig) -> int:
-    """Samples per epoch: max(min_samples_per_epoch, num_labeled)."""
+    """Samples per epoch: max(min_samples_per_epoch, num_labeled).
+
+    It is a static shape: constant (no recompilation) while num_labeled stays at or below
+    min_samples_per_epoch, which covers every pool of up to that size.
+    """
     return max(config.min_samples_per_epoch, num_labeled)
 
 
@@ -108,7 +112,8 @@ def train(
     def epoch(carry, key):
         shuffle_key, step_key = jax.random.split(key)
         shuffled = jax.random.permutation(shuffle_key, sample)
-        indices = jnp.pad(shuffled, (0, steps * batch - samples_per_epoch)).reshape(steps, batch)
+        # Padding repeats real samples (weight 0), so no unlabeled index is ever read.
+        indices = jnp.pad(shuffled, (0, steps * batch - samples_per_epoch), mode="wrap").reshape(steps, batch)
         carry, losses = jax.lax.scan(train_step, carry, (jax.random.split(step_key, steps), indices, weights))
         # Mean over samples, the last (partial) batch weighted by its size.
         return carry, jnp.sum(losses * weights.sum(axis=1)) / samples_per_epoch

@@ -13,6 +13,13 @@ def test_top_k_takes_best_unlabeled_with_stable_ties():
     np.testing.assert_allclose(chosen, [0.7, 0.7, 0.7, 0.5])
 
 
+def test_nan_scores_rank_last_but_above_labeled_samples():
+    scores = jnp.array([1.0, jnp.nan, jnp.nan, 0.5])
+    labeled = jnp.array([True, False, False, True])
+    indices, _ = top_k_unlabeled(scores, labeled, 2)
+    np.testing.assert_array_equal(indices, [1, 2])
+
+
 def test_top_k_never_picks_labeled_even_if_they_score_highest():
     key = jax.random.key(0)
     scores = jax.random.uniform(key, (1000,))

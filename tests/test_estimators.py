@@ -52,6 +52,13 @@ def test_no_nan_with_zero_probabilities():
     np.testing.assert_allclose(est.bald(lp), [0.0, np.log(2)], atol=1e-6)
 
 
+def test_nan_inputs_stay_nan():
+    lp = jnp.full((2, 3, 4), jnp.nan)
+    for name, fn in est.ESTIMATORS.items():
+        if name != "variation_ratio":  # argmax of NaNs is a vote like any other
+            assert np.isnan(np.asarray(fn(lp))).all(), name
+
+
 @settings(max_examples=50, deadline=None)
 @given(arrays(np.float32, (4, 6, 5), elements=st.floats(-30, 30, width=32)))
 def test_information_inequalities(logits):

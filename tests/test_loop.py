@@ -66,11 +66,20 @@ def test_loop_invariants(problem):
     assert (np.asarray(state.labels)[~labeled] == loop.UNLABELED).all()
 
 
-def test_same_seed_same_acquisitions_and_no_recompilation(problem):
-    _, first = run_steps(problem, CONFIG, 3, seed=5)
+def test_no_recompilation_as_the_labeled_set_grows(problem):
+    data, oracle = problem
+    config = CONFIG._replace(mc_samples=3)  # a configuration no other test compiles
+    state, _ = loop.step(fresh_state(oracle), data, config, oracle)
     compiled = loop._propose._cache_size()
+    for _ in range(3):
+        state, _ = loop.step(state, data, config, oracle)
+    loop.evaluate(state, data, config)
+    assert loop._propose._cache_size() == compiled
+
+
+def test_same_seed_same_acquisitions(problem):
+    _, first = run_steps(problem, CONFIG, 3, seed=5)
     _, second = run_steps(problem, CONFIG, 3, seed=5)
-    assert loop._propose._cache_size() == compiled  # the labeled set grew; nothing compiled again
     for (_, a), (_, b) in zip(first, second, strict=True):
         np.testing.assert_array_equal(a.acquired, b.acquired)
         np.testing.assert_array_equal(a.pool_scores, b.pool_scores)
@@ -100,10 +109,23 @@ def test_a_person_can_label_between_steps(problem):
     assert (np.asarray(state.labels)[np.asarray(indices)] == 7).all()
     with pytest.raises(JalError, match="already labeled"):
         loop.label(state, indices[:1], [1])
+    unlabeled = int(np.flatnonzero(~np.asarray(state.labeled))[0])
     with pytest.raises(JalError, match="0..9"):
-        loop.label(state, [int(np.flatnonzero(~np.asarray(state.labeled))[0])], [10])
+        loop.label(state, [unlabeled], [10])
+    for bad in ([-1], [POOL]):
+        with pytest.raises(JalError, match="must lie in"):
+            loop.label(state, bad, [1])
+    with pytest.raises(JalError, match="repeated"):
+        loop.init(jax.random.key(0), POOL, [3, 3], [1, 1])
     final = loop.evaluate(state, data, CONFIG)
     assert np.asarray(final.acquired).shape == (0,) and int(final.num_labeled) == INITIAL + ACQUIRE
+
+
+def test_diverged_training_is_an_error(problem):
+    _, ((_, info),) = run_steps(problem, CONFIG, 1)
+    loop.check_trained(info)
+    with pytest.raises(JalError, match="diverged"):
+        loop.check_trained(info._replace(train_loss=info.train_loss.at[-1].set(jnp.nan)))
 
 
 def test_run_calls_back_every_round_and_checks_settings(problem):

@@ -37,6 +37,9 @@ def test_chunked_scoring_shapes_normalisation_and_methods(params):
         factorised, mc_log_probs(params, images, key=jax.random.key(5), num_samples=5, chunk_size=16)
     )
     np.testing.assert_array_equal(factorised, mc_log_probs(params, images, key=key, num_samples=5, chunk_size=16))
+    # An input's masks depend on its position, not on the chunking.
+    rechunked = mc_log_probs(params, images, key=key, num_samples=5, chunk_size=8)
+    np.testing.assert_allclose(rechunked, factorised, rtol=1e-5, atol=1e-6)
 
 
 def test_deterministic_pass_is_the_eval_mode_model(params):

@@ -46,6 +46,19 @@ def test_loss_falls_and_the_model_learns_a_small_labeled_set():
     assert accuracy > 0.8  # learned from 40 labels, measured on unseen samples
 
 
+def test_unlabeled_samples_and_padding_never_reach_training():
+    train_images, train_labels, *_ = synthetic_mnist(50, 1)
+    images = jnp.asarray(normalize(train_images))
+    labels = jnp.asarray(train_labels, jnp.int32).at[0].set(-1)  # pool sample 0 is unlabeled
+    order = jnp.arange(1, 51, dtype=jnp.int32) % 50  # ... and last in the order, past num_labeled
+    config = TrainConfig(epochs=2, min_samples_per_epoch=100)  # 100 is not a multiple of 64: padding
+    args = dict(config=config, samples_per_epoch=100)
+    a, _ = train(jax.random.key(0), images, labels, order, jnp.int32(30), **args)
+    b, _ = train(jax.random.key(0), images.at[0].set(9.0), labels.at[0].set(3), order, jnp.int32(30), **args)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_training_is_deterministic_given_the_key():
     train_images, train_labels, *_ = synthetic_mnist(50, 1)
     args = (jnp.asarray(normalize(train_images)), jnp.asarray(train_labels, jnp.int32), jnp.arange(50, dtype=jnp.int32))
