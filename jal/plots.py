@@ -19,14 +19,14 @@ def run_label(run_dir: Path, config: dict) -> str:
     return f"{run_dir.name} ({config.get('acquisition', '?')})"
 
 
-def _plot_sorted_scores(ax, run_dir: Path, label: str, split: str) -> None:
+def _plot_sorted_scores(ax, run_dir: Path, label: str, split: str, color: str) -> None:
     scores = read_scores(run_dir, split)
     finished = np.flatnonzero(~np.isnan(scores).all(axis=1))
     if len(finished) == 0:
         return
     for round_, style in ((finished[0], ":"), (finished[-1], "-")):
         # Descending, as the reference's plot_scores draws them.
-        ax.plot(-np.sort(-scores[round_]), style, label=f"{label}, round {round_}")
+        ax.plot(-np.sort(-scores[round_]), style, color=color, label=f"{label}, round {round_}")
 
 
 def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -42,10 +42,11 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path
     fig, (acc_ax, pool_ax, test_ax) = plt.subplots(1, 3, figsize=(18, 5))
     for run_dir, config, metrics in runs:
         label = run_label(run_dir, config)
-        acc_ax.plot([m["num_labeled"] for m in metrics], [m["test_accuracy"] for m in metrics], marker=".", label=label)
-        _plot_sorted_scores(pool_ax, run_dir, label, "pool")
+        labels, accuracy = [m["num_labeled"] for m in metrics], [m["test_accuracy"] for m in metrics]
+        (line,) = acc_ax.plot(labels, accuracy, marker=".", label=label)
+        _plot_sorted_scores(pool_ax, run_dir, label, "pool", line.get_color())
         if (run_dir / TEST_SCORES).exists():
-            _plot_sorted_scores(test_ax, run_dir, label, "test")
+            _plot_sorted_scores(test_ax, run_dir, label, "test", line.get_color())
     acc_ax.set(xlabel="number of labels", ylabel="test accuracy", title="Test accuracy")
     acc_ax.grid(alpha=0.3)
     acc_ax.legend()
