@@ -17,7 +17,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jal.data import MEAN, STD
+from jal.errors import JalError
+from jal.estimators import ESTIMATORS
 from jal.model import KERNEL, DropoutMasks, LeNet, image_patches, max_pool_2x2, sample_masks
 
 METHODS = ("factorised", "direct")  # the same function, computed two ways
@@ -76,12 +80,13 @@ def mc_log_probs(
     chunk_size: int = 256,
     method: str = "factorised",
     conv: str = "im2col",
+    offset: int | jax.Array = 0,
 ) -> jax.Array:
     """MC-dropout log-probabilities of a device-resident set of images, chunk by chunk.
 
     Every input gets its own independent masks for every MC sample, as the reference's K
-    forward passes in train mode give it. Input i's masks come from fold_in(key, i), so
-    the scores do not depend on the chunking. Memory is bounded by `chunk_size`.
+    forward passes in train mode give it. Input i's masks come from fold_in(key, offset + i),
+    so the scores do not depend on the chunking. Memory is bounded by `chunk_size`.
 
     Args:
       params: LeNet parameters.
@@ -91,6 +96,7 @@ def mc_log_probs(
       chunk_size: inputs per chunk.
       method: "factorised" (default, exact and fast) or "direct".
       conv: the convolution of the direct method (`jal.model.default_conv`).
+      offset: the position of images[0] in a larger array scored piece by piece.
 
     Returns:
       [N, K, 10] float32 log-probabilities.
@@ -103,7 +109,7 @@ def mc_log_probs(
 
     def score_chunk(args):
         index, chunk = args
-        positions = index * chunk_size + jnp.arange(chunk_size)
+        positions = offset + index * chunk_size + jnp.arange(chunk_size)
         masks = jax.vmap(lambda i: sample_masks(jax.random.fold_in(key, i), (num_samples,)))(positions)
         return forward(params, chunk, masks)
 
@@ -115,3 +121,68 @@ def deterministic_log_probs(params, images: jax.Array, *, chunk_size: int = 1024
     """log p(y | x) [N, C] with dropout off (eval mode), chunked like `mc_log_probs`."""
     forward = lambda chunk: jax.nn.log_softmax(LeNet().apply({"params": params}, chunk))  # noqa: E731
     return _unchunk(jax.lax.map(forward, _chunks(images, chunk_size)), images.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("method", "num_samples", "chunk_size"))
+def _score_batch(params, images, offset, key, *, method: str, num_samples: int, chunk_size: int) -> jax.Array:
+    if images.dtype == jnp.uint8:  # raw MNIST bytes: normalise on the device
+        images = ((images.astype(jnp.float32) / 255.0 - MEAN) / STD)[..., None]
+    log_probs = mc_log_probs(params, images, key=key, num_samples=num_samples, chunk_size=chunk_size, offset=offset)
+    return ESTIMATORS[method](log_probs)
+
+
+def score_pool(
+    params,
+    images,
+    *,
+    key: jax.Array,
+    method: str = "bald",
+    num_samples: int = 32,
+    chunk_size: int = 256,
+    batch_size: int = 8192,
+) -> np.ndarray:
+    """One score per image of a pool of any size, streamed from host memory.
+
+    The pool is read `batch_size` images at a time (a numpy memmap is read lazily), so
+    host and device memory stay bounded whatever its size; every batch has the same
+    shape (the last is padded), so nothing recompiles, and the host reads the next batch
+    while the device scores the current one. The scores equal those of `mc_log_probs` on
+    the whole pool at once.
+
+    Args:
+      params: LeNet parameters.
+      images: array-like [N, 28, 28] uint8 (raw MNIST bytes) or [N, 28, 28, 1] float32
+        (normalised).
+      key: PRNG key for the dropout masks.
+      method: an estimator of `jal.estimators.ESTIMATORS`.
+      num_samples: K.
+      chunk_size: inputs per device chunk.
+      batch_size: images per host-to-device transfer.
+
+    Returns:
+      float32 [N] scores.
+    """
+    if method not in ESTIMATORS:
+        raise JalError(f"unknown method {method!r}; choose one of {', '.join(ESTIMATORS)}")
+    shape, dtype = tuple(images.shape[1:]), np.dtype(images.dtype)
+    if not ((dtype == np.uint8 and shape == (28, 28)) or (dtype == np.float32 and shape == (28, 28, 1))):
+        raise JalError(f"images of {dtype} {shape}: expected uint8 [N, 28, 28] or float32 [N, 28, 28, 1]")
+    n = len(images)
+    if n == 0:
+        raise JalError("the pool is empty; nothing to score")
+    batch_size = min(batch_size, -(-n // chunk_size) * chunk_size)
+    scores = np.empty(n, np.float32)
+    pending = None
+    for start in range(0, n, batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - count, *shape), dtype)])
+        # Dispatch is asynchronous: the device scores this batch while the host copies
+        # out the previous result and reads the next batch.
+        result = _score_batch(params, batch, start, key, method=method, num_samples=num_samples, chunk_size=chunk_size)
+        if pending is not None:
+            scores[pending[0] : pending[0] + pending[1]] = np.asarray(pending[2])[: pending[1]]
+        pending = (start, count, result)
+    scores[pending[0] : pending[0] + pending[1]] = np.asarray(pending[2])[: pending[1]]
+    return scores

@@ -48,3 +48,27 @@ def test_deterministic_pass_is_the_eval_mode_model(params):
 
     expected = jax.nn.log_softmax(LeNet().apply({"params": params}, images))
     np.testing.assert_allclose(deterministic_log_probs(params, images, chunk_size=4), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_score_pool_streams_a_memmap_and_equals_scoring_all_at_once(params, tmp_path):
+    from jal.data import normalize
+    from jal.errors import JalError
+    from jal.estimators import bald
+    from jal.scoring import score_pool
+
+    raw = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    memmap = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.uint8, shape=raw.shape)
+    memmap[:] = raw
+    key = jax.random.key(7)
+    expected = bald(mc_log_probs(params, jnp.asarray(normalize(raw)), key=key, num_samples=4, chunk_size=16))
+    # Batches of 32 (the last one padded), device chunks of 16: neither changes the scores.
+    streamed = score_pool(params, np.load(tmp_path / "pool.npy", mmap_mode="r"), key=key, num_samples=4,
+                          chunk_size=16, batch_size=32)  # fmt: skip
+    assert streamed.shape == (50,) and streamed.dtype == np.float32
+    np.testing.assert_allclose(streamed, expected, rtol=1e-4, atol=1e-6)
+    floats = score_pool(params, normalize(raw), key=key, num_samples=4, chunk_size=16, batch_size=32)
+    np.testing.assert_allclose(floats, streamed, rtol=1e-5, atol=1e-6)
+    with pytest.raises(JalError, match="empty"):
+        score_pool(params, raw[:0], key=key)
+    with pytest.raises(JalError, match="expected uint8"):
+        score_pool(params, raw.astype(np.float64), key=key)

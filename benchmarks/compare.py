@@ -1,0 +1,177 @@
+"""jal against the PyTorch reference, side by side in one process, interleaved.
+
+    bin/bench                      # full benchmark, writes benchmarks/results.json
+    bin/bench --quick              # a smaller, faster pass
+
+Measures, alternating the two implementations so that both see the same machine load:
+scoring throughput (MC forward passes per second at K=32, each implementation chunking as
+it prefers), training steps per second (batch 64), and one full active-learning iteration
+(train 3 epochs over a 10,000-sample bootstrap, score a 10,000-sample pool and the
+10,000-sample test set). Prints medians and jal/PyTorch ratios and writes JSON. First
+checks that the two give the same deterministic logits for the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import torch_reference as ref
+from jal import loop
+from jal.data import load_idx_dir, make_pool, normalize
+from jal.estimators import bald
+from jal.model import LeNet, default_conv, init_params, params_from_torch
+from jal.scoring import mc_log_probs
+from jal.store import versions
+from jal.train import TrainConfig, train
+
+K = 32
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def load_data(size: int):
+    """Pool and test images and labels: real MNIST from $JAL_MNIST_DIR, else random (speed is the same)."""
+    if os.environ.get("JAL_MNIST_DIR"):
+        mnist = load_idx_dir(os.environ["JAL_MNIST_DIR"])
+        pool = make_pool(len(mnist.train_images), size)
+        return (
+            normalize(mnist.train_images[pool]),
+            mnist.train_labels[pool].astype(np.int64),
+            normalize(mnist.test_images[:size]),
+            mnist.test_labels[:size].astype(np.int64),
+            "MNIST",
+        )
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, size, 28, 28, 1)).astype(np.float32)
+    labels = rng.integers(0, 10, (2, size))
+    return images[0], labels[0], images[1], labels[1], "random"
+
+
+def check_logits(images: np.ndarray) -> float:
+    torch.manual_seed(0)
+    model = ref.TorchLeNet().eval()
+    with torch.no_grad():
+        expected = model(ref.to_nchw(images)).numpy()
+    got = np.asarray(LeNet().apply({"params": params_from_torch(model.state_dict())}, jnp.asarray(images)))
+    return float(np.abs(got - expected).max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller pool")
+    parser.add_argument("--out", default="benchmarks/results.json")
+    args = parser.parse_args()
+    reps = 2 if args.quick else 3
+    iteration_reps = 1 if args.quick else 2
+    size = 2_000 if args.quick else 10_000
+    score_size = 1_024 if args.quick else 2_048
+
+    pool_x, pool_y, test_x, test_y, source = load_data(size)
+    print(f"data: {source}, pool {size}, test {size}; jax backend {jax.default_backend()}, torch {torch.__version__}")
+    max_diff = check_logits(pool_x[:256])
+    print(f"deterministic logits, same weights: max |jal - torch| = {max_diff:.2e}")
+    assert max_diff < 1e-4, "jal and the PyTorch reference disagree"
+
+    config = TrainConfig(conv=default_conv())
+    key = jax.random.key(0)
+    params = init_params(key)
+    jal_pool = jnp.asarray(pool_x)
+    jal_scores_x = jal_pool[:score_size]
+    torch_scores_x = ref.to_nchw(pool_x[:score_size])
+    torch_model = ref.TorchLeNet()
+
+    def jal_score():
+        bald(mc_log_probs(params, jal_scores_x, key=key, num_samples=K)).block_until_ready()
+
+    def torch_score():
+        ref.bald_scores(torch_model, torch_scores_x, K)
+
+    labels = jnp.asarray(pool_y, jnp.int32)
+    order = jnp.arange(size, dtype=jnp.int32)
+    steps = -(-config.min_samples_per_epoch // config.batch_size)
+    one_epoch = config._replace(epochs=1)
+
+    def jal_train():
+        jax.block_until_ready(
+            train(key, jal_pool, labels, order, jnp.int32(60), config=one_epoch, samples_per_epoch=10_000)
+        )
+
+    torch_pool, torch_labels = ref.to_nchw(pool_x), torch.from_numpy(pool_y)
+
+    def torch_train():
+        ref.train(ref.TorchLeNet(), torch_pool[:60], torch_labels[:60], epochs=1)
+
+    data = loop.Data(jal_pool, jnp.asarray(test_x), jnp.asarray(test_y, jnp.int32))
+    loop_config = loop.LoopConfig(train=config)
+    state = loop.init(key, size, np.arange(60), pool_y[:60])
+
+    def jal_iteration():
+        jax.block_until_ready(loop.propose(state, data, loop_config))
+
+    torch_test = ref.to_nchw(test_x)
+
+    def torch_iteration():
+        model = ref.TorchLeNet()
+        ref.train(model, torch_pool[:60], torch_labels[:60], epochs=3)
+        ref.bald_scores(model, torch_pool, K)
+        ref.bald_scores(model, torch_test, K)
+
+    benchmarks = {
+        "scoring": (jal_score, torch_score, reps, score_size * K, "MC forward passes/s"),
+        "training": (jal_train, torch_train, reps, steps, "steps/s"),
+        "iteration": (jal_iteration, torch_iteration, iteration_reps, 1, "iterations/s"),
+    }
+    results = {}
+    for name, (jal_fn, torch_fn, n, work, unit) in benchmarks.items():
+        jal_fn()  # compile
+        times = {"jal": [], "torch": []}
+        for _ in range(n):
+            times["jal"].append(timed(jal_fn))
+            times["torch"].append(timed(torch_fn))
+        medians = {impl: statistics.median(t) for impl, t in times.items()}
+        results[name] = {
+            "unit": unit,
+            "work_per_run": work,
+            "seconds": times,
+            "jal_per_s": work / medians["jal"],
+            "torch_per_s": work / medians["torch"],
+            "ratio": medians["torch"] / medians["jal"],
+        }
+        r = results[name]
+        print(
+            f"{name:>9}: jal {r['jal_per_s']:10.2f} {unit}, torch {r['torch_per_s']:10.2f}, jal/torch {r['ratio']:.1f}x"
+        )
+
+    report = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "backend": jax.default_backend(),
+        "versions": {**versions(), "torch": torch.__version__},
+        "data": source,
+        "mc_samples": K,
+        "max_logit_difference": max_diff,
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
