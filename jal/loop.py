@@ -35,7 +35,7 @@ class LoopConfig(NamedTuple):
     acquisition: str = "bald"  # one of `jal.acquisition.METHODS`
     acquire: int = 1  # samples labeled per iteration
     mc_samples: int = 32  # K
-    chunk_size: int = 256  # inputs per scoring chunk
+    chunk_size: int = 32  # inputs per scoring chunk (measured fastest on CPU: it stays in cache)
     scorer: str = "factorised"  # or "direct"; the same function (`jal.scoring`)
     score_test: bool = True  # MC-score the test set; else evaluate it with one deterministic pass
     train: TrainConfig = TrainConfig()

@@ -36,17 +36,22 @@ class DropoutMasks(NamedTuple):
     fc1: jax.Array  # [..., 128]
 
 
-def sample_masks(key: jax.Array, batch_shape: tuple[int, ...], rate: float = DROPOUT_RATE) -> DropoutMasks:
-    """Draws independent dropout masks for every sample (and MC sample) in `batch_shape`."""
-    keys = jax.random.split(key, 3)
-    sizes = (CONV1_FEATURES, CONV2_FEATURES, FC1_FEATURES)
-    scale = 1.0 / (1.0 - rate)
-    return DropoutMasks(
-        *(
-            jax.random.bernoulli(k, 1.0 - rate, (*batch_shape, n)).astype(jnp.float32) * scale
-            for k, n in zip(keys, sizes, strict=True)
-        )
-    )
+MASK_UNITS = CONV1_FEATURES + CONV2_FEATURES + FC1_FEATURES  # 224 = 7 words of 32 bits
+
+
+def sample_masks(key: jax.Array, batch_shape: tuple[int, ...]) -> DropoutMasks:
+    """Draws independent dropout masks for every sample (and MC sample) in `batch_shape`.
+
+    With rate 1/2 every mask entry is one fair random bit, so a forward pass needs seven
+    32-bit random words (224 bits) rather than 224 random floats: mask generation is 32x
+    cheaper than `jax.random.bernoulli`, which matters for MC scoring.
+    """
+    assert DROPOUT_RATE == 0.5
+    words = jax.random.bits(key, (*batch_shape, MASK_UNITS // 32), jnp.uint32)
+    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    masks = bits.reshape(*batch_shape, MASK_UNITS).astype(jnp.float32) * 2.0
+    conv1_end, conv2_end = CONV1_FEATURES, CONV1_FEATURES + CONV2_FEATURES
+    return DropoutMasks(masks[..., :conv1_end], masks[..., conv1_end:conv2_end], masks[..., conv2_end:])
 
 
 def torch_kernel_init(key, shape, dtype=jnp.float32):

@@ -44,11 +44,14 @@ def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks) -> j
 
     h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
     z = jax.nn.relu(max_pool_2x2(h1))  # [N, 12, 12, 32], the same for every MC sample
-    patches = image_patches(z, KERNEL)  # [N, 8, 8, 25*32]
-    side = patches.shape[1]
-    patches = patches.reshape(n, side * side, KERNEL * KERNEL, cin)
-    w2 = c2["kernel"].reshape(KERNEL * KERNEL, cin, cout)
-    partials = jnp.einsum("npjc,jco->ncpo", patches, w2).reshape(n, cin, side * side * cout)
+    # Per-input-channel partial convolutions, a grouped conv with one group per channel
+    # (measured on XLA:CPU: about 1.8x faster than the same contraction as an im2col einsum).
+    grouped_kernel = c2["kernel"].reshape(KERNEL, KERNEL, 1, cin * cout)  # out channel c*64 + o reads input c
+    partials = jax.lax.conv_general_dilated(
+        z, grouped_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=cin
+    )  # [N, 8, 8, 32*64]
+    side = partials.shape[1]
+    partials = partials.reshape(n, side * side, cin, cout).transpose(0, 2, 1, 3).reshape(n, cin, -1)
 
     h2 = jnp.einsum("nkc,ncq->nkq", masks.conv1, partials)  # [N, K, 8*8*64]
     h2 = h2.reshape(*h2.shape[:2], side, side, cout) + c2["bias"]
@@ -77,7 +80,7 @@ def mc_log_probs(
     *,
     key: jax.Array,
     num_samples: int = 32,
-    chunk_size: int = 256,
+    chunk_size: int = 32,
     method: str = "factorised",
     conv: str = "im2col",
     offset: int | jax.Array = 0,
@@ -138,7 +141,7 @@ def score_pool(
     key: jax.Array,
     method: str = "bald",
     num_samples: int = 32,
-    chunk_size: int = 256,
+    chunk_size: int = 32,
     batch_size: int = 8192,
 ) -> np.ndarray:
     """One score per image of a pool of any size, streamed from host memory.
