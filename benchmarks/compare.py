@@ -32,6 +32,7 @@ from jal import loop
 from jal.data import load_idx_dir, make_pool, normalize
 from jal.estimators import bald
 from jal.model import LeNet, default_conv, init_params, params_from_torch
+from jal.runtime import keep_freed_memory
 from jal.scoring import mc_log_probs
 from jal.store import versions
 from jal.train import TrainConfig, train
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller pool")
     parser.add_argument("--out", default="benchmarks/results.json")
     args = parser.parse_args()
+    print(f"glibc keeps freed memory (for both implementations): {keep_freed_memory()}")
     reps = 2 if args.quick else 3
     iteration_reps = 1 if args.quick else 2
     size = 2_000 if args.quick else 10_000

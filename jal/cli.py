@@ -11,6 +11,7 @@ from jal import scoring
 from jal.acquisition import METHODS
 from jal.errors import JalError
 from jal.loop import LoopConfig
+from jal.runtime import keep_freed_memory
 
 # The reference experiment's settings that are not LoopConfig fields.
 POOL_SIZE, POOL_SEED, INITIAL, ITERATIONS, SEED = 10_000, 1, 60, 100, 42
@@ -206,6 +207,7 @@ def plot_command(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         {"run": run_command, "plot": plot_command}[args.command](args)
     except JalError as e:
