@@ -184,8 +184,11 @@ def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR
     return directory
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1], scaled to [0, 1] then standardised."""
+def normalize(images):
+    """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1], scaled to [0, 1] then standardised.
+
+    Works on numpy and jax arrays alike (`jal.score_pool` normalises on the device).
+    """
     return ((images.astype(np.float32) / 255.0 - MEAN) / STD)[..., None]
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jal.data import MEAN, STD
+from jal.data import normalize
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS
 from jal.model import KERNEL, DropoutMasks, LeNet, image_patches, max_pool_2x2, sample_masks
@@ -129,7 +129,7 @@ def deterministic_log_probs(params, images: jax.Array, *, chunk_size: int = 1024
 @functools.partial(jax.jit, static_argnames=("method", "num_samples", "chunk_size"))
 def _score_batch(params, images, offset, key, *, method: str, num_samples: int, chunk_size: int) -> jax.Array:
     if images.dtype == jnp.uint8:  # raw MNIST bytes: normalise on the device
-        images = ((images.astype(jnp.float32) / 255.0 - MEAN) / STD)[..., None]
+        images = normalize(images)
     log_probs = mc_log_probs(params, images, key=key, num_samples=num_samples, chunk_size=chunk_size, offset=offset)
     return ESTIMATORS[method](log_probs)
 
@@ -175,6 +175,10 @@ def score_pool(
         raise JalError("the pool is empty; nothing to score")
     batch_size = min(batch_size, -(-n // chunk_size) * chunk_size)
     scores = np.empty(n, np.float32)
+
+    def collect(start, count, result):
+        scores[start : start + count] = np.asarray(result)[:count]
+
     pending = None
     for start in range(0, n, batch_size):
         batch = np.asarray(images[start : start + batch_size])
@@ -185,7 +189,7 @@ def score_pool(
         # out the previous result and reads the next batch.
         result = _score_batch(params, batch, start, key, method=method, num_samples=num_samples, chunk_size=chunk_size)
         if pending is not None:
-            scores[pending[0] : pending[0] + pending[1]] = np.asarray(pending[2])[: pending[1]]
+            collect(*pending)
         pending = (start, count, result)
-    scores[pending[0] : pending[0] + pending[1]] = np.asarray(pending[2])[: pending[1]]
+    collect(*pending)
     return scores
