@@ -8,7 +8,7 @@ import sys
 import time
 
 from jal import scoring
-from jal.acquisition import METHODS
+from jal.acquisition import METHODS, SAMPLINGS
 from jal.errors import JalError
 from jal.loop import LoopConfig
 from jal.runtime import keep_freed_memory
@@ -16,6 +16,8 @@ from jal.runtime import keep_freed_memory
 # The reference experiment's settings that are not LoopConfig fields.
 POOL_SIZE, POOL_SEED, INITIAL, ITERATIONS, SEED = 10_000, 1, 60, 100, 42
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
+# Names from the literature for BALD under a stochastic draw (Kirsch et al., 2023).
+SAMPLED_BALD = {f"{sampling}bald": sampling for sampling in SAMPLINGS[1:]}
 
 
 def _int_at_least(minimum: int, maximum: int | None = None):
@@ -77,15 +79,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loop = run.add_argument_group("loop")
     loop.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
-    loop.add_argument("--acquisition", choices=METHODS, default=defaults.acquisition)
+    loop.add_argument(
+        "--acquisition",
+        choices=(*METHODS, *SAMPLED_BALD),
+        default=defaults.acquisition,
+        help="score to acquire by; powerbald, softmaxbald and softrankbald are bald with that --sampling",
+    )
     loop.add_argument("--iterations", type=_int_at_least(0), default=ITERATIONS)
-    loop.add_argument("--initial", type=_int_at_least(1), default=INITIAL, help="initial labels")
+    start = loop.add_mutually_exclusive_group()
+    start.add_argument("--initial", type=_int_at_least(1), default=INITIAL, help="initial labels, drawn at random")
+    start.add_argument(
+        "--initial-per-class", type=_int_at_least(1), help="start from this many random labels of every class instead"
+    )
     loop.add_argument("--acquire", type=_int_at_least(1), default=defaults.acquire, help="labels per iteration")
     loop.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=SEED)
     mc = run.add_argument_group("scoring")
     mc.add_argument("--mc-samples", type=_int_at_least(1), default=defaults.mc_samples, help="K")
     mc.add_argument("--chunk-size", type=_int_at_least(1), default=defaults.chunk_size)
     mc.add_argument("--scorer", choices=scoring.METHODS, default=defaults.scorer)
+    mc.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default=defaults.sampling,
+        help="take the top k scores, or draw k with probability ~ score^(1/T), exp(score/T) or rank^(-1/T)",
+    )
+    mc.add_argument(
+        "--temperature",
+        type=_float_above(0, inclusive=True),
+        default=defaults.temperature,
+        help="T of --sampling (0: top k)",
+    )
+    mc.add_argument(
+        "--consistent-masks",
+        action="store_true",
+        help="the same K dropout masks for every input in a round (always on for epig and batchbald)",
+    )
+    mc.add_argument(
+        "--joint-samples",
+        type=_int_at_least(1),
+        default=defaults.joint_samples,
+        help="batchbald: exact joint entropy while C^n configurations fit in this many, else this many sampled",
+    )
+    mc.add_argument(
+        "--epig-targets",
+        type=_int_at_least(1),
+        default=defaults.epig_targets,
+        help="epig: target inputs drawn from the pool each iteration",
+    )
     mc.add_argument(
         "--skip-test-scores",
         action="store_true",
@@ -128,21 +168,36 @@ def run_command(args) -> None:
     check_run_dir(args.out)
     mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
     pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
-    loop.check_settings(args.pool_size, args.initial, args.acquire, args.iterations, args.acquisition)
-
     pool_labels = mnist.train_labels[pool_indices].astype(np.int32)
+    if args.initial_per_class:
+        initial = loop.balanced_initial_indices(pool_labels, args.initial_per_class, args.seed)
+        num_initial = len(initial)
+    else:
+        initial, num_initial = loop.initial_indices(args.pool_size, args.initial, args.seed), args.initial
+    loop.check_settings(args.pool_size, num_initial, args.acquire, args.iterations)
+    acquisition, sampling = args.acquisition, args.sampling
+    if acquisition in SAMPLED_BALD:
+        if sampling not in ("topk", SAMPLED_BALD[acquisition]):
+            raise JalError(f"--acquisition {acquisition} already sets --sampling {SAMPLED_BALD[acquisition]}")
+        acquisition, sampling = "bald", SAMPLED_BALD[acquisition]
+
     data = loop.Data(
         jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
         jnp.asarray(jdata.normalize(mnist.test_images)),
         jnp.asarray(mnist.test_labels, jnp.int32),
     )
     config = loop.LoopConfig(
-        acquisition=args.acquisition,
+        acquisition=acquisition,
         acquire=args.acquire,
         mc_samples=args.mc_samples,
         chunk_size=args.chunk_size,
         scorer=args.scorer,
         score_test=not args.skip_test_scores,
+        sampling=sampling,
+        temperature=args.temperature,
+        consistent=args.consistent_masks,
+        joint_samples=args.joint_samples,
+        epig_targets=args.epig_targets,
         train=TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -152,7 +207,7 @@ def run_command(args) -> None:
             conv=default_conv() if args.conv == "auto" else args.conv,
         ),
     )
-    initial = loop.initial_indices(args.pool_size, args.initial, args.seed)
+    loop.check_config(config)
     oracle = loop.dataset_oracle(pool_labels)
     state = loop.init(jax.random.key(args.seed), args.pool_size, initial, oracle(initial))
 
@@ -160,6 +215,9 @@ def run_command(args) -> None:
     settings.update(
         conv=config.train.conv,
         score_name=config.score_name,
+        loop_acquisition=config.acquisition,
+        loop_sampling=config.sampling,
+        consistent_masks=config.consistent_masks,
         backend=jax.default_backend(),
         initial_indices=[int(i) for i in initial],
     )

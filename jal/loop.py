@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jal.acquisition import METHODS, random_scores, top_k_unlabeled
+from jal.acquisition import METHODS, SAMPLINGS, choose, random_scores, top_k_unlabeled
+from jal.batchbald import batchbald
+from jal.epig import epig, sample_targets
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS, accuracy_and_nll
 from jal.model import NUM_CLASSES
@@ -38,12 +40,22 @@ class LoopConfig(NamedTuple):
     chunk_size: int = 32  # inputs per scoring chunk (measured fastest on CPU: it stays in cache)
     scorer: str = "factorised"  # or "direct"; the same function (`jal.scoring`)
     score_test: bool = True  # MC-score the test set; else evaluate it with one deterministic pass
+    sampling: str = "topk"  # or a stochastic draw from the scores: `jal.acquisition.SAMPLINGS`
+    temperature: float = 1.0  # of the stochastic draw
+    consistent: bool = False  # the same K masks for every input (always on for epig and batchbald)
+    joint_samples: int = 10_000  # BatchBALD's configuration budget M (`jal.batchbald`)
+    epig_targets: int = 100  # EPIG's target inputs, drawn from the pool each iteration
     train: TrainConfig = TrainConfig()
 
     @property
     def score_name(self) -> str:
-        """The estimator whose scores are recorded: random acquisition records BALD."""
-        return "bald" if self.acquisition == "random" else self.acquisition
+        """The score recorded for every sample: BALD for random and BatchBALD (its first step)."""
+        return "bald" if self.acquisition in ("random", "batchbald") else self.acquisition
+
+    @property
+    def consistent_masks(self) -> bool:
+        """Joint quantities over several inputs need the same K networks for all of them."""
+        return self.consistent or self.acquisition in ("epig", "batchbald")
 
 
 class Data(NamedTuple):
@@ -79,10 +91,8 @@ class StepInfo(NamedTuple):
     acquired_scores: jax.Array  # [k] their scores
 
 
-def check_settings(pool_size: int, initial: int, acquire: int, iterations: int, acquisition: str) -> None:
-    """Raises JalError for settings the loop cannot honour."""
-    if acquisition not in METHODS:
-        raise JalError(f"unknown acquisition {acquisition!r}; choose one of {', '.join(METHODS)}")
+def check_settings(pool_size: int, initial: int, acquire: int, iterations: int) -> None:
+    """Raises JalError for pool and schedule sizes the loop cannot honour."""
     if pool_size < 1:
         raise JalError("the pool is empty; use a pool size of at least 1")
     if not 1 <= initial <= pool_size:
@@ -94,6 +104,20 @@ def check_settings(pool_size: int, initial: int, acquire: int, iterations: int, 
             f"{initial} initial + {iterations} x {acquire} acquired labels exceed the pool of {pool_size}; "
             "lower --iterations or --acquire, or raise --pool-size"
         )
+
+
+def check_config(config: LoopConfig) -> None:
+    """Raises JalError for LoopConfig settings that contradict each other."""
+    if config.acquisition not in METHODS:
+        raise JalError(f"unknown acquisition {config.acquisition!r}; choose one of {', '.join(METHODS)}")
+    if config.sampling not in SAMPLINGS:
+        raise JalError(f"unknown sampling {config.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+    if config.sampling != "topk" and config.acquisition in ("random", "batchbald"):
+        raise JalError(f"--sampling {config.sampling} does not apply to {config.acquisition}; use --sampling topk")
+    if not config.temperature >= 0:
+        raise JalError(f"--temperature {config.temperature} must be >= 0")
+    if config.joint_samples < 1 or config.epig_targets < 1:
+        raise JalError("--joint-samples and --epig-targets must be at least 1")
 
 
 def _checked(indices, labels, labeled: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -124,6 +148,16 @@ def initial_indices(pool_size: int, initial: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(pool_size)[:initial]
 
 
+def balanced_initial_indices(pool_labels, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` pool samples of every class, chosen at random (the BatchBALD paper's start)."""
+    pool_labels = np.asarray(pool_labels)
+    shuffled = np.random.RandomState(seed).permutation(len(pool_labels))
+    chosen = [shuffled[pool_labels[shuffled] == c][:per_class] for c in range(NUM_CLASSES)]
+    if min(len(c) for c in chosen) < per_class:
+        raise JalError(f"the pool has fewer than {per_class} samples of some class; lower --initial-per-class")
+    return np.sort(np.concatenate(chosen))
+
+
 @functools.partial(jax.jit, static_argnames=("config", "samples_per_epoch"))
 def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_epoch: int):
     key = jax.random.fold_in(state.key, state.iteration)
@@ -137,15 +171,24 @@ def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_ep
         config=config.train,
         samples_per_epoch=samples_per_epoch,
     )
-    score = ESTIMATORS[config.score_name]
     mc = functools.partial(
         mc_log_probs,
         num_samples=config.mc_samples,
         chunk_size=config.chunk_size,
         method=config.scorer,
         conv=config.train.conv,
+        consistent=config.consistent_masks,
     )
-    pool_scores = score(mc(params, data.pool_images, key=pool_key))
+    if config.consistent_masks:
+        test_key = pool_key  # the same K networks for the pool and the test set
+    pool_log_probs = mc(params, data.pool_images, key=pool_key)
+    if config.acquisition == "epig":
+        acquire_key, target_key = jax.random.split(acquire_key)
+        targets = pool_log_probs[sample_targets(target_key, pool_log_probs.shape[0], config.epig_targets)]
+        score = functools.partial(epig, target_log_probs=targets)
+    else:
+        score = ESTIMATORS[config.score_name]
+    pool_scores = score(pool_log_probs)
     if config.score_test:
         test_log_probs = mc(params, data.test_images, key=test_key)
         test_scores = score(test_log_probs)
@@ -155,10 +198,20 @@ def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_ep
     accuracy, nll = accuracy_and_nll(test_log_probs, data.test_labels)
 
     if config.acquisition == "random":
-        selection_scores = random_scores(acquire_key, pool_scores.shape[0])
+        acquired, _ = top_k_unlabeled(random_scores(acquire_key, pool_scores.shape[0]), state.labeled, config.acquire)
+    elif config.acquisition == "batchbald":
+        acquired, _ = batchbald(
+            pool_log_probs, config.acquire, key=acquire_key, num_samples=config.joint_samples, excluded=state.labeled
+        )
     else:
-        selection_scores = pool_scores
-    acquired, _ = top_k_unlabeled(selection_scores, state.labeled, config.acquire)
+        acquired, _ = choose(
+            acquire_key,
+            pool_scores,
+            state.labeled,
+            config.acquire,
+            sampling=config.sampling,
+            temperature=config.temperature,
+        )
     info = StepInfo(
         state.iteration,
         state.num_labeled,
@@ -179,6 +232,7 @@ def propose(state: LoopState, data: Data, config: LoopConfig) -> tuple[jax.Array
     Returns:
       (indices [config.acquire] into the pool, best first; StepInfo).
     """
+    check_config(config)
     num_labeled = int(state.num_labeled)
     if num_labeled + config.acquire > state.labels.shape[0]:
         raise JalError(

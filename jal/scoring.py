@@ -61,19 +61,28 @@ def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks) -> j
     return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
 
 
-def _chunks(images: jax.Array, chunk_size: int) -> jax.Array:
+def pad_to_chunks(images: jax.Array, chunk_size: int) -> jax.Array:
     """[N, ...] -> [ceil(N / chunk_size), chunk_size, ...], zero-padded at the end."""
     num_chunks = -(-images.shape[0] // chunk_size)
     pad = [(0, num_chunks * chunk_size - images.shape[0])] + [(0, 0)] * (images.ndim - 1)
     return jnp.pad(images, pad).reshape(num_chunks, chunk_size, *images.shape[1:])
 
 
-def _unchunk(outputs: jax.Array, n: int) -> jax.Array:
-    """Inverse of `_chunks` for per-input outputs [num_chunks, chunk_size, ...] -> [n, ...]."""
+def from_chunks(outputs: jax.Array, n: int) -> jax.Array:
+    """Inverse of `pad_to_chunks` for per-input outputs [num_chunks, chunk_size, ...] -> [n, ...]."""
     return outputs.reshape(-1, *outputs.shape[2:])[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "method", "conv"))
+def map_in_chunks(fn, inputs: jax.Array, chunk_size: int) -> jax.Array:
+    """fn over `chunk_size` inputs at a time, so memory is bounded by one chunk's work.
+
+    `fn` maps [chunk_size, ...] inputs to per-input outputs [chunk_size, ...]; the zero
+    padding of the last chunk is dropped from the result.
+    """
+    return from_chunks(jax.lax.map(fn, pad_to_chunks(inputs, chunk_size)), inputs.shape[0])
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "method", "conv", "consistent"))
 def mc_log_probs(
     params,
     images: jax.Array,
@@ -84,12 +93,16 @@ def mc_log_probs(
     method: str = "factorised",
     conv: str = "im2col",
     offset: int | jax.Array = 0,
+    consistent: bool = False,
 ) -> jax.Array:
     """MC-dropout log-probabilities of a device-resident set of images, chunk by chunk.
 
-    Every input gets its own independent masks for every MC sample, as the reference's K
-    forward passes in train mode give it. Input i's masks come from fold_in(key, offset + i),
-    so the scores do not depend on the chunking. Memory is bounded by `chunk_size`.
+    By default every input gets its own independent masks for every MC sample, as the
+    reference's K forward passes in train mode give it: input i's masks come from
+    fold_in(key, offset + i), so the scores do not depend on the chunking. With
+    `consistent=True` every input shares the same K masks, drawn from `key` alone: K
+    fixed networks, which joint quantities over several inputs (BatchBALD, EPIG) need.
+    Memory is bounded by `chunk_size`.
 
     Args:
       params: LeNet parameters.
@@ -100,11 +113,12 @@ def mc_log_probs(
       method: "factorised" (default, exact and fast) or "direct".
       conv: the convolution of the direct method (`jal.model.default_conv`).
       offset: the position of images[0] in a larger array scored piece by piece.
+      consistent: the same K masks for every input (consistent MC dropout).
 
     Returns:
       [N, K, 10] float32 log-probabilities.
     """
-    chunks = _chunks(images, chunk_size)
+    chunks = pad_to_chunks(images, chunk_size)
     forward = {
         "factorised": mc_log_probs_factorised,
         "direct": functools.partial(mc_log_probs_direct, conv=conv),
@@ -112,18 +126,22 @@ def mc_log_probs(
 
     def score_chunk(args):
         index, chunk = args
-        positions = offset + index * chunk_size + jnp.arange(chunk_size)
-        masks = jax.vmap(lambda i: sample_masks(jax.random.fold_in(key, i), (num_samples,)))(positions)
+        if consistent:
+            shared = sample_masks(key, (num_samples,))
+            masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (chunk_size, *m.shape)), shared)
+        else:
+            positions = offset + index * chunk_size + jnp.arange(chunk_size)
+            masks = jax.vmap(lambda i: sample_masks(jax.random.fold_in(key, i), (num_samples,)))(positions)
         return forward(params, chunk, masks)
 
-    return _unchunk(jax.lax.map(score_chunk, (jnp.arange(chunks.shape[0]), chunks)), images.shape[0])
+    return from_chunks(jax.lax.map(score_chunk, (jnp.arange(chunks.shape[0]), chunks)), images.shape[0])
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
 def deterministic_log_probs(params, images: jax.Array, *, chunk_size: int = 1024) -> jax.Array:
     """log p(y | x) [N, C] with dropout off (eval mode), chunked like `mc_log_probs`."""
     forward = lambda chunk: jax.nn.log_softmax(LeNet().apply({"params": params}, chunk))  # noqa: E731
-    return _unchunk(jax.lax.map(forward, _chunks(images, chunk_size)), images.shape[0])
+    return map_in_chunks(forward, images, chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "num_samples", "chunk_size"))

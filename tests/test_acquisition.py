@@ -1,8 +1,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jal.acquisition import random_scores, top_k_unlabeled
+from jal.acquisition import SAMPLINGS, choose, random_scores, sampling_log_weights, top_k_unlabeled
 
 
 def test_top_k_takes_best_unlabeled_with_stable_ties():
@@ -38,3 +39,69 @@ def test_random_scores_pick_uniformly():
         counts[np.asarray(indices)] += 1
     # 4000 picks over 10 samples: 400 each, binomial sd about 19.
     assert np.abs(counts - 400).max() < 80
+
+
+SCORES = jnp.array([0.05, 0.9, 0.3, 0.6, 0.0, 0.45, 0.8, 0.15, 0.7, 0.2, 0.35, 0.5])
+LABELED = jnp.zeros(12, bool).at[jnp.array([1, 4])].set(True)
+UNLABELED = np.flatnonzero(~np.asarray(LABELED))
+# 99.9% quantile of chi-square with 9 degrees of freedom (10 unlabeled samples, k=1).
+CHI2_9_999 = 27.88
+
+
+def draw_counts(sampling, temperature, k=1, draws=20_000):
+    keys = jax.random.split(jax.random.key(0), draws)
+    pick = jax.jit(jax.vmap(lambda key: choose(key, SCORES, LABELED, k, sampling=sampling, temperature=temperature)[0]))
+    indices = np.asarray(pick(keys))
+    return np.bincount(indices.ravel(), minlength=12), indices
+
+
+def chi_square(counts, probabilities):
+    expected = probabilities * counts.sum()
+    return np.sum((counts - expected) ** 2 / expected)
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS[1:])
+def test_low_temperature_is_top_k(sampling):
+    _, indices = draw_counts(sampling, 1e-3, k=3, draws=200)
+    top3, _ = top_k_unlabeled(SCORES, LABELED, 3)
+    assert (indices == np.asarray(top3)).all()
+    assert (choose(jax.random.key(0), SCORES, LABELED, 3, sampling=sampling, temperature=0.0)[0] == top3).all()
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS[1:])
+def test_high_temperature_is_uniform_over_unlabeled(sampling):
+    counts, _ = draw_counts(sampling, 1e6)
+    assert counts[~np.asarray(LABELED)].sum() == counts.sum()
+    assert chi_square(counts[UNLABELED], np.full(10, 0.1)) < CHI2_9_999
+
+
+@pytest.mark.parametrize(
+    "sampling, weights",
+    [
+        ("power", np.asarray(SCORES)),  # p ~ s (the zero score is labeled here)
+        ("softmax", np.exp(np.asarray(SCORES))),
+        ("softrank", None),  # p ~ 1 / rank among unlabeled
+    ],
+)
+def test_unit_temperature_draws_with_the_stated_probabilities(sampling, weights):
+    counts, _ = draw_counts(sampling, 1.0)
+    if weights is None:
+        ranks = np.empty(10)
+        ranks[np.argsort(-np.asarray(SCORES)[UNLABELED], kind="stable")] = np.arange(1, 11)
+        weights_unlabeled = 1.0 / ranks
+    else:
+        weights_unlabeled = weights[UNLABELED]
+    probabilities = weights_unlabeled / weights_unlabeled.sum()
+    assert chi_square(counts[UNLABELED], probabilities) < CHI2_9_999
+    # ... and not uniform: the test has the power to tell them apart.
+    assert chi_square(counts[UNLABELED], np.full(10, 0.1)) > 10 * CHI2_9_999
+
+
+def test_stochastic_batches_are_distinct_unlabeled_samples_even_for_zero_and_nan_scores():
+    scores = jnp.array([0.0, jnp.nan, 0.0, 1.0, 0.0, 0.5])
+    labeled = jnp.array([False, False, False, True, False, True])
+    for sampling in SAMPLINGS[1:]:
+        for seed in range(20):
+            indices, _ = choose(jax.random.key(seed), scores, labeled, 4, sampling=sampling, temperature=1e-3)
+            assert sorted(np.asarray(indices).tolist()) == [0, 1, 2, 4]
+        assert np.isfinite(np.asarray(sampling_log_weights(scores, labeled, sampling, 1e-3))).all()

@@ -71,6 +71,8 @@ def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, capsys):
         (["--iterations", "100", "--acquire", "50"], "exceed the pool"),
         (["--pool-size", "601"], "pool size 601"),
         (["--initial", "200"], "--initial 200"),
+        (["--iterations", "1", "--acquisition", "batchbald", "--sampling", "power"], "does not apply to batchbald"),
+        (["--iterations", "1", "--acquisition", "powerbald", "--sampling", "softmax"], "already sets --sampling power"),
     ],
 )
 def test_impossible_settings_exit_2_before_anything_is_written(synthetic_dir, tmp_path, capsys, flags, message):

@@ -98,6 +98,43 @@ def test_random_acquisition_records_bald_and_skipping_test_scores(problem):
     assert set(top.tolist()) != set(np.asarray(info.acquired).tolist())
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(acquisition="batchbald", joint_samples=100),  # exact for 2 steps, then sampled
+        dict(acquisition="epig", epig_targets=7),
+        dict(acquisition="bald", sampling="power", temperature=1.0),
+        dict(acquisition="entropy", sampling="softrank", temperature=0.5, consistent=True),
+    ],
+)
+def test_batch_aware_and_stochastic_acquisitions_in_the_loop(problem, changes):
+    data, oracle = problem
+    config = CONFIG._replace(**changes)
+    before = fresh_state(oracle)
+    state, info = loop.step(before, data, config, oracle)
+    labeled, acquired = np.asarray(before.labeled), np.asarray(info.acquired)
+    assert not labeled[acquired].any() and len(set(acquired.tolist())) == ACQUIRE
+    scores = np.asarray(info.pool_scores)
+    assert scores.shape == (POOL,) and np.isfinite(scores).all() and (scores >= 0).all()
+    assert np.asarray(info.test_scores).shape == (50,)
+    compiled = loop._propose._cache_size()
+    state, _ = loop.step(state, data, config, oracle)
+    assert loop._propose._cache_size() == compiled  # nothing recompiles as the labeled set grows
+    assert int(state.num_labeled) == INITIAL + 2 * ACQUIRE == np.asarray(state.labeled).sum()
+
+
+def test_settings_that_contradict_each_other_are_errors():
+    for changes, message in [
+        (dict(acquisition="batchbald", sampling="power"), "does not apply"),
+        (dict(acquisition="random", sampling="softmax"), "does not apply"),
+        (dict(sampling="greedy"), "unknown sampling"),
+        (dict(temperature=-1.0), "must be >= 0"),
+        (dict(joint_samples=0), "at least 1"),
+    ]:
+        with pytest.raises(JalError, match=message):
+            loop.check_config(CONFIG._replace(**changes))
+
+
 def test_a_person_can_label_between_steps(problem):
     data, oracle = problem
     state = fresh_state(oracle)
@@ -134,8 +171,8 @@ def test_run_calls_back_every_round_and_checks_settings(problem):
     state = loop.run(fresh_state(oracle), data, CONFIG, oracle, iterations=2, callback=seen.append)
     assert [int(i.iteration) for i in seen] == [0, 1, 2] and int(state.num_labeled) == INITIAL + 2 * ACQUIRE
     with pytest.raises(JalError, match="exceed the pool"):
-        loop.check_settings(POOL, INITIAL, ACQUIRE, 100, "bald")
+        loop.check_settings(POOL, INITIAL, ACQUIRE, 100)
     with pytest.raises(JalError, match="pool is empty"):
-        loop.check_settings(0, 1, 1, 1, "bald")
+        loop.check_settings(0, 1, 1, 1)
     with pytest.raises(JalError, match="unknown acquisition"):
-        loop.check_settings(POOL, 1, 1, 1, "magic")
+        loop.check_config(loop.LoopConfig(acquisition="magic"))

@@ -42,6 +42,21 @@ def test_chunked_scoring_shapes_normalisation_and_methods(params):
     np.testing.assert_allclose(rechunked, factorised, rtol=1e-5, atol=1e-6)
 
 
+def test_consistent_masks_are_shared_by_every_input(params):
+    image = jax.random.normal(jax.random.key(6), (1, 28, 28, 1))
+    images = jnp.concatenate([image] * 5)
+    key = jax.random.key(7)
+    consistent = mc_log_probs(params, images, key=key, num_samples=6, chunk_size=2, consistent=True)
+    # The same K networks for every input: identical inputs get identical K samples ...
+    np.testing.assert_allclose(consistent, jnp.broadcast_to(consistent[:1], consistent.shape), atol=1e-6)
+    assert not np.allclose(consistent[0, 0], consistent[0, 1])  # ... which differ from one another,
+    independent = mc_log_probs(params, images, key=key, num_samples=6, chunk_size=2)
+    assert not np.allclose(independent[0], independent[1])  # while by default each input has its own.
+    # Both scorers implement consistent masks.
+    direct = mc_log_probs(params, images, key=key, num_samples=6, chunk_size=2, consistent=True, method="direct")
+    np.testing.assert_allclose(direct, consistent, rtol=1e-4, atol=1e-5)
+
+
 def test_deterministic_pass_is_the_eval_mode_model(params):
     images = jax.random.normal(jax.random.key(6), (10, 28, 28, 1))
     from jal.model import LeNet
