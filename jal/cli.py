@@ -1,4 +1,4 @@
-"""The `jal` command line: `jal run` and `jal plot`."""
+"""The `jal` command line: `jal run`, `jal analyze`, `jal figures` and `jal plot`."""
 
 from __future__ import annotations
 
@@ -146,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="convolution formulation for training (auto: fastest on this backend)",
     )
 
+    analyze = commands.add_parser(
+        "analyze", help="submodularity diagnostics of a run: score rises beyond MC noise, rank stability, filter regret"
+    )
+    analyze.add_argument("run_dir", metavar="RUN_DIR")
+    analyze_source = analyze.add_mutually_exclusive_group()
+    analyze_source.add_argument("--data-dir", help="MNIST IDX folder (default: the run's, else $JAL_MNIST_DIR)")
+    analyze_source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this folder instead")
+    analyze.add_argument(
+        "--mc-samples", type=_int_at_least(1), nargs="+", default=[32, 128], help="the K values to re-score at"
+    )
+    analyze.add_argument("--repeats", type=_int_at_least(2), default=2, help="re-scorings per round and K")
+    analyze.add_argument("--subset", type=_int_at_least(2), default=1000, help="pool samples re-scored")
+    analyze.add_argument("--every", type=_int_at_least(1), default=1, help="re-score every n-th round")
+    analyze.add_argument("--z", type=_float_above(0, inclusive=False), default=2.0, help="rise threshold in noise sds")
+    analyze.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0)
+
+    figures = commands.add_parser(
+        "figures", help="the seed's figures and animations, learning curves and diagnostics of runs"
+    )
+    figures.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    figures.add_argument("--out", required=True, help="folder for the figures")
+
     plot = commands.add_parser("plot", help="plot test accuracy against labels and sorted score curves")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", required=True, help="figure file (.png, .svg or .pdf)")
@@ -256,6 +278,41 @@ def metrics_summary(run_dir) -> str:
     return f"{last['num_labeled']} labels, test accuracy {last['test_accuracy']:.4f}, NLL {last['test_nll']:.4f}"
 
 
+def analyze_command(args) -> None:
+    import numpy as np
+
+    from jal import data as jdata
+    from jal.analysis import ANALYSIS, analyze, table
+    from jal.store import read_config
+
+    config = read_config(args.run_dir)
+    tfds_dir = args.tfds_data_dir or (None if args.data_dir else config.get("tfds_data_dir"))
+    mnist = jdata.load_mnist(args.data_dir or config.get("data_dir"), tfds_data_dir=tfds_dir)
+    pool_indices = np.load(f"{args.run_dir}/pool_indices.npy")
+    if pool_indices.max(initial=0) >= len(mnist.train_images):
+        raise JalError(f"{args.run_dir}: its pool indices exceed the {len(mnist.train_images)} training images given")
+    result = analyze(
+        args.run_dir,
+        mnist.train_images[pool_indices],
+        mc_samples=tuple(args.mc_samples),
+        repeats=args.repeats,
+        subset=args.subset,
+        every=args.every,
+        z=args.z,
+        seed=args.seed,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(table(result))
+    print(f"wrote {args.run_dir}/{ANALYSIS}")
+
+
+def figures_command(args) -> None:
+    from jal.figures import write_figures
+
+    for path in write_figures(args.run_dirs, args.out):
+        print(f"wrote {path}")
+
+
 def plot_command(args) -> None:
     from jal.plots import plot_runs
 
@@ -267,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     try:
-        {"run": run_command, "plot": plot_command}[args.command](args)
+        commands = {"run": run_command, "analyze": analyze_command, "figures": figures_command, "plot": plot_command}
+        commands[args.command](args)
     except JalError as e:
         print(f"jal: error: {e}", file=sys.stderr)
         return 2

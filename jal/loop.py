@@ -89,6 +89,7 @@ class StepInfo(NamedTuple):
     test_scores: jax.Array  # [T], or [0] when the test set is not MC-scored
     acquired: jax.Array  # [k] pool indices chosen, best first
     acquired_scores: jax.Array  # [k] their scores
+    params: dict  # the model this round trained, for re-scoring later (`jal.store.read_model`)
 
 
 def check_settings(pool_size: int, initial: int, acquire: int, iterations: int) -> None:
@@ -222,6 +223,7 @@ def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_ep
         test_scores,
         acquired,
         pool_scores[acquired],
+        params,
     )
     return acquired, info
 

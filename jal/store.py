@@ -6,6 +6,8 @@ RUN_DIR/
   pool_indices.npy   int64 [P]: which training-set images form the pool
   pool_scores.npy    float32 [R, P]: the score of every pool sample at every round
   test_scores.npy    float32 [R, T]: the same for the test set (absent with --skip-test-scores)
+  models.npy         float32 [R, D]: each round's trained LeNet parameters, flattened
+                     (`read_model`), so that its scores can be recomputed, e.g. at another K
 
 R = iterations + 1 rounds (the last one trains and scores without acquiring). The score
 files are plain `.npy` arrays (`numpy.load(path, mmap_mode="r")` reads them without jal);
@@ -20,12 +22,16 @@ import os
 import platform
 from pathlib import Path
 
+import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from jal.errors import JalError
+from jal.model import init_params
 
 CONFIG, METRICS = "config.json", "metrics.jsonl"
 POOL_SCORES, TEST_SCORES, POOL_INDICES = "pool_scores.npy", "test_scores.npy", "pool_indices.npy"
+MODELS = "models.npy"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy")
 
 
@@ -79,6 +85,7 @@ class RunWriter:
             np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
             self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
             self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
+            self.models = _nan_memmap(self.run_dir / MODELS, (rounds, _flatten(init_params(jax.random.key(0))).size))
             self.metrics = open(self.run_dir / METRICS, "a")
         except OSError as e:
             # Leave nothing half-made behind: remove what this call created.
@@ -96,6 +103,8 @@ class RunWriter:
         if self.test_scores is not None:
             self.test_scores[self.round] = np.asarray(info.test_scores)
             self.test_scores.flush()
+        self.models[self.round] = _flatten(info.params)
+        self.models.flush()
         record = metrics_record(info, seconds)
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
@@ -155,3 +164,23 @@ def read_scores(run_dir: str | os.PathLike, split: str = "pool") -> np.ndarray:
         return np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise JalError(f"{path}: cannot read ({e}); the run has no {split} scores or the file is corrupt") from e
+
+
+def _flatten(params) -> np.ndarray:
+    return np.asarray(ravel_pytree(params)[0])
+
+
+def read_model(run_dir: str | os.PathLike, round_: int) -> dict:
+    """The LeNet parameters trained in round `round_` of a run."""
+    path = Path(run_dir) / MODELS
+    try:
+        models = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise JalError(f"{path}: cannot read ({e}); runs before models were saved cannot be re-scored") from e
+    flat, unflatten = ravel_pytree(init_params(jax.random.key(0)))
+    if models.ndim != 2 or models.shape[1] != flat.size or not 0 <= round_ < len(models):
+        raise JalError(f"{path}: holds {models.shape}, not round {round_} of {flat.size} parameters; is it corrupt?")
+    row = np.asarray(models[round_])
+    if np.isnan(row).any():
+        raise JalError(f"{path}: round {round_} did not finish; choose an earlier round")
+    return unflatten(jax.numpy.asarray(row))

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jal.cli import main
 
@@ -33,6 +34,31 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys):
     figure = tmp_path / "fig.png"
     assert main(["plot", str(out), str(random_run), "--out", str(figure)]) == 0
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 20_000
+
+    # Diagnostics re-score the saved models: more MC samples, less noise.
+    capsys.readouterr()
+    flags = ["--data-dir", str(synthetic_dir), "--mc-samples", "4", "64", "--subset", "30", "--repeats", "3"]
+    assert main(["analyze", str(out), *flags]) == 0
+    assert "| 64 |" in capsys.readouterr().out
+    analysis = json.loads((out / "analysis.json").read_text())
+    by_k = analysis["by_mc_samples"]
+    assert analysis["rounds"] == [0, 1, 2] and set(by_k) == {"4", "64"}
+    assert len(by_k["4"]["rise_fraction"]) == 2 and len(by_k["4"]["recorded_rise_fraction"]) == 2
+    assert by_k["64"]["median_noise_sd"] < by_k["4"]["median_noise_sd"]
+    assert by_k["4"]["rank_correlation"][0] == 1.0 and all(0 <= x <= 1 for x in by_k["4"]["filter_regret"])
+
+    # The seed's figures: images, and animations with one frame per round or step.
+    figures = tmp_path / "figures"
+    assert main(["figures", str(out), str(random_run), "--out", str(figures)]) == 0
+    for name in ["active_vs_filtering_xkcd.png", "learning_curves.png", "run/diagnostics.png"]:
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (figures / "active_vs_filtering_xkcd.svg").read_bytes()[:1000]
+    with Image.open(figures / "active_selection_animation.gif") as gif:
+        assert gif.n_frames == 40
+    for run in ("run", "random"):
+        with Image.open(figures / run / "score_evolution_ema.gif") as gif:
+            assert gif.n_frames == 3
+    assert not (figures / "random" / "diagnostics.png").exists()  # no jal analyze for that run
 
 
 def test_run_on_real_mnist(mnist_dir, tmp_path):

@@ -1,5 +1,6 @@
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from jal import store
 from jal.errors import JalError
 from jal.loop import StepInfo
+from jal.model import init_params
 
 
 def info(iteration, pool=6, test=4):
@@ -20,6 +22,7 @@ def info(iteration, pool=6, test=4):
         test_scores=jnp.ones(test),
         acquired=jnp.array([5], jnp.int32),
         acquired_scores=jnp.array([5.0 + iteration]),
+        params=init_params(jax.random.key(iteration)),
     )
 
 
@@ -42,6 +45,11 @@ def test_writes_as_it_goes_and_reads_back(tmp_path):
     config = store.read_config(run)
     assert config["acquisition"] == "bald" and config["versions"]["jax"]
     np.testing.assert_array_equal(np.load(run / "pool_indices.npy"), np.arange(6) * 10)
+    # Each round's model comes back as it was trained; an unfinished round is an error.
+    model = store.read_model(run, 1)
+    jax.tree.map(np.testing.assert_array_equal, model, init_params(jax.random.key(1)))
+    with pytest.raises(JalError, match="did not finish"):
+        store.read_model(run, 2)
     writer.close()
 
 

@@ -1,0 +1,115 @@
+"""Does what looks uninformative early stay so? Diagnostics of a run's score history.
+
+Information gain is (approximately) submodular: as labels accumulate, a sample's score
+should only fall, up to the noise of its MC estimate. Then early filtering is safe (what
+it removes would not have been chosen later) and the ranking of iteration 0 persists.
+These functions measure how far a run departs from that, from its [R, P] pool-score
+history (round r = the model trained before the r-th acquisition).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def labeled_by_round(pool_size: int, initial, acquired_per_round) -> np.ndarray:
+    """[R, P] bool: the samples labeled when round r's model was trained.
+
+    Args:
+      pool_size: P.
+      initial: the initial labeled pool indices.
+      acquired_per_round: R lists of pool indices, those acquired after round r's scoring.
+    """
+    labeled = np.zeros((len(acquired_per_round), pool_size), bool)
+    current = np.zeros(pool_size, bool)
+    current[np.asarray(initial, int)] = True
+    for r, acquired in enumerate(acquired_per_round):
+        labeled[r] = current
+        current = current.copy()
+        current[np.asarray(acquired, int)] = True
+    return labeled
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as Spearman's correlation needs)."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    # Runs of equal values share the mean of their positions.
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    average = (starts + ends + 1) / 2.0
+    result = np.empty(len(values))
+    result[order] = np.repeat(average, ends - starts)
+    return result
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two score vectors (NaN if either is constant)."""
+    ra, rb = ranks(np.asarray(a, float)), ranks(np.asarray(b, float))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def rank_correlations(history: np.ndarray, labeled: np.ndarray) -> np.ndarray:
+    """[R] Spearman correlation of round 0's scores with round r's, over samples unlabeled at r."""
+    return np.array([spearman(history[0, ~labeled[r]], history[r, ~labeled[r]]) for r in range(len(history))])
+
+
+def rise_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float = 2.0) -> np.ndarray:
+    """[R-1] the fraction of samples whose score rose from round r to r+1 beyond the noise.
+
+    A rise counts when s[r+1] - s[r] > z * sqrt(sd[r]^2 + sd[r+1]^2), sd being the standard
+    deviation of a score's MC estimate (re-score with fresh dropout keys to measure it).
+    Only samples still unlabeled at round r+1 count.
+
+    Args:
+      history: [R, P] scores.
+      labeled: [R, P] bool, from `labeled_by_round`.
+      noise_sd: the MC standard deviation, broadcastable to [R, P].
+      z: how many standard deviations a rise must exceed.
+    """
+    sd = np.broadcast_to(np.asarray(noise_sd, float), history.shape)
+    threshold = z * np.sqrt(sd[:-1] ** 2 + sd[1:] ** 2)
+    rose = (history[1:] - history[:-1]) > threshold
+    unlabeled = ~labeled[1:]
+    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+
+
+def filter_regret(initial_scores: np.ndarray, initially_labeled: np.ndarray, acquired, fractions) -> np.ndarray:
+    """Of the samples active learning acquired, the share an early filter would have removed.
+
+    The filter removes the fraction x of the initially unlabeled pool with the lowest
+    round-0 scores (ties broken by index). Submodularity predicts a share near 0.
+
+    Args:
+      initial_scores: [P] round-0 scores.
+      initially_labeled: [P] bool.
+      acquired: pool indices acquired over the run.
+      fractions: the fractions x in [0, 1] to evaluate.
+
+    Returns:
+      [len(fractions)] shares in [0, 1].
+    """
+    candidates = np.flatnonzero(~initially_labeled)
+    ascending = candidates[np.argsort(initial_scores[candidates], kind="stable")]
+    acquired = np.asarray(acquired, int)
+    shares = []
+    for fraction in fractions:
+        removed = np.zeros(len(initial_scores), bool)
+        removed[ascending[: int(round(fraction * len(candidates)))]] = True
+        shares.append(removed[acquired].mean() if len(acquired) else 0.0)
+    return np.array(shares)
+
+
+def ema(history: np.ndarray, labeled: np.ndarray, decay: float = 0.9) -> np.ndarray:
+    """[R, P] exponential moving average of each sample's score; labeled samples read 0.
+
+    The smoothing of the seed's score-evolution animation: e[r] = decay e[r-1] + (1 - decay) s[r],
+    starting from e[0] = s[0].
+    """
+    smoothed = np.empty_like(history, dtype=float)
+    smoothed[0] = history[0]
+    for r in range(1, len(history)):
+        smoothed[r] = decay * smoothed[r - 1] + (1 - decay) * history[r]
+    return np.where(labeled, 0.0, smoothed)

@@ -1,0 +1,240 @@
+"""`jal figures`: the seed text's figures, drawn from local run directories.
+
+* the informativeness curve with its data-filtering and active-learning regions (XKCD
+  style, PNG and SVG) and the simulated top-1 selection (GIF), as the seed's illustration
+  script draws them;
+* the BALD score evolution of a run (GIF): an EMA of each sample's score (decay 0.9),
+  acquired samples at zero, samples ordered by their round-0 scores;
+* learning curves, mean and band (min to max) over the runs of each acquisition;
+* the diagnostics of `jal analyze`, when the run has them.
+
+The XKCD style wants the Humor Sans font; without it matplotlib falls back to its default
+font, and its warnings about the missing font are silenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+
+from jal.analysis import ANALYSIS  # noqa: E402
+from jal.diagnostics import ema, labeled_by_round  # noqa: E402
+from jal.errors import JalError  # noqa: E402
+from jal.store import read_config, read_metrics, read_scores  # noqa: E402
+
+FILTERING_COLOR, ACTIVE_COLOR = "red", "blue"
+SELECTION_FRAMES = 40
+
+
+@contextlib.contextmanager
+def xkcd():
+    """plt.xkcd(), without a warning per text when the XKCD fonts are not installed."""
+    font_logger = logging.getLogger("matplotlib.font_manager")
+    level = font_logger.level
+    font_logger.setLevel(logging.ERROR)
+    try:
+        with plt.xkcd():
+            yield
+    finally:
+        font_logger.setLevel(level)
+
+
+def _informativeness() -> tuple[np.ndarray, np.ndarray]:
+    """The seed's synthetic diminishing-returns curve over 10,000 sorted samples."""
+    x = np.linspace(1, 10000, 10000)
+    return x, 1 / (0.9 / 99.9 * x + (1 - 0.9 / 99.9))
+
+
+def informativeness_curve(out_dir: Path, filtering: float = 0.05, active: float = 0.2) -> list[Path]:
+    """The seed's Figure 1: where filtering (offline) and active learning (online) act."""
+    x, y = _informativeness()
+    with xkcd():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        ax.plot(x, y, color="black")
+        ax.fill_between(
+            x, 0, y, where=y < filtering, color=FILTERING_COLOR, alpha=0.1, label="Data filtering region (offline)"
+        )
+        ax.axhline(filtering, color=FILTERING_COLOR, linestyle="--", linewidth=1)
+        ax.axvline(x[np.argmax(y <= active)], color=ACTIVE_COLOR, linestyle="--", linewidth=1)
+        ax.fill_betweenx(
+            y, 0, x, where=y > active, color=ACTIVE_COLOR, alpha=0.1, label="Active learning region (online)"
+        )
+        ax.set(
+            xlabel="Samples sorted by informativeness",
+            ylabel="Informativeness",
+            title="Active Selection vs. Data Filtering",
+            ylim=(0, 1.05),
+            xlim=(0, x.max()),
+        )
+        ax.legend()
+        paths = [out_dir / "active_vs_filtering_xkcd.png", out_dir / "active_vs_filtering_xkcd.svg"]
+        for path in paths:
+            fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def selection_animation(out_dir: Path, *, frames: int = SELECTION_FRAMES, seed: int = 0, filtering=0.05) -> Path:
+    """The seed's simulated top-1 selection (GIF): the best sample is taken, the rest decay noisily.
+
+    Frame 0 is the initial curve and every later frame one selection step (the seed's
+    script repeats its first frame, which GIF writers then merge away).
+    """
+    x, y = _informativeness()
+    rng = np.random.default_rng(seed)
+    with xkcd():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        points = ax.scatter(x, y, color="black", s=1)
+        selected = ax.scatter([], [], color=ACTIVE_COLOR, s=100, alpha=0.1)
+        step = ax.text(0.75, 0.9, "", transform=ax.transAxes)
+        ax.axhline(filtering, color=FILTERING_COLOR, linestyle="--", linewidth=1)
+        ax.set(
+            xlabel="Samples sorted by informativeness",
+            ylabel="Informativeness",
+            title="Simulation of Top-1 Active Selection",
+            ylim=(0, 1.05),
+            xlim=(0, 1000),
+        )
+        state = {"y": y.copy()}
+
+        def animate(frame):
+            current = state["y"]
+            if frame > 0:  # as the seed: take the top sample, decay the rest by Gumbel noise
+                current[np.argmax(current)] = 0.0
+                current = current * (1 - np.clip(rng.gumbel(0, 0.1, len(current)), 0, 1))
+                state["y"] = current
+            top = np.argmax(current)
+            selected.set_offsets(np.c_[x[top], current[top]])
+            points.set_offsets(np.c_[x, current])
+            step.set_text(f"step {frame}")
+            return points, selected, step
+
+        fig.tight_layout()
+        path = out_dir / "active_selection_animation.gif"
+        FuncAnimation(fig, animate, frames=frames, interval=200, blit=False).save(path, writer=PillowWriter(fps=5))
+    plt.close(fig)
+    return path
+
+
+def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.9) -> Path:
+    """The seed's Figure 3 from a run directory: EMA of the pool scores round by round."""
+    config, metrics = read_config(run_dir), read_metrics(run_dir)
+    if not metrics:
+        raise JalError(f"{run_dir}: no finished round to draw")
+    history = np.asarray(read_scores(run_dir, "pool"))[: len(metrics)]
+    labeled = labeled_by_round(history.shape[1], config["initial_indices"], [m["acquired"] for m in metrics])
+    smoothed = ema(history, labeled, decay)
+    position = np.empty(history.shape[1], int)  # x: the rank of the round-0 score, best first
+    position[np.argsort(-history[0], kind="stable")] = np.arange(history.shape[1])
+    score_name = config.get("score_name", "score")
+    with xkcd():
+        fig, ax = plt.subplots(figsize=(10, 6))
+        points = ax.scatter(position, smoothed[0], color="black", s=2)
+        acquired = ax.scatter([], [], color=ACTIVE_COLOR, s=60, alpha=0.5, label="acquired this round")
+        text = ax.text(0.02, 0.95, "", transform=ax.transAxes, fontsize=12)
+        ax.set(
+            title=f"{score_name.upper()} score evolution (EMA {decay})",
+            xlabel="Samples, ordered by their round-0 score",
+            ylabel=f"Informativeness ({score_name} score)",
+            xlim=(0, history.shape[1]),
+            ylim=(0, max(float(np.nanmax(smoothed)), 1e-6) * 1.1),
+        )
+        ax.legend(loc="upper right")
+
+        def animate(r):
+            points.set_offsets(np.c_[position, smoothed[r]])
+            chosen = np.asarray(metrics[r]["acquired"], int)
+            acquired.set_offsets(np.c_[position[chosen], smoothed[r, chosen]] if len(chosen) else np.empty((0, 2)))
+            text.set_text(f"round {r}: {metrics[r]['num_labeled']} labels")
+            return points, acquired, text
+
+        fig.tight_layout()
+        path = out_dir / "score_evolution_ema.gif"
+        FuncAnimation(fig, animate, frames=len(metrics), interval=100, blit=False).save(
+            path, writer=PillowWriter(fps=10)
+        )
+    plt.close(fig)
+    return path
+
+
+def learning_curves(run_dirs: list[Path], path: Path) -> Path:
+    """Test accuracy against labels: per acquisition, the mean over its runs and their range."""
+    groups = defaultdict(list)
+    for run_dir in run_dirs:
+        groups[read_config(run_dir)["acquisition"]].append(read_metrics(run_dir))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for acquisition, runs in groups.items():
+        rounds = min(len(metrics) for metrics in runs)
+        labels = [m["num_labeled"] for m in runs[0][:rounds]]
+        accuracy = np.array([[m["test_accuracy"] for m in metrics[:rounds]] for metrics in runs])
+        (line,) = ax.plot(labels, accuracy.mean(axis=0), label=f"{acquisition} ({len(runs)} runs)")
+        if len(runs) > 1:
+            ax.fill_between(labels, accuracy.min(axis=0), accuracy.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="labels", ylabel="test accuracy", title="Learning curves (mean, band: min to max over runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
+    """Rises beyond noise, rank correlation with round 0, and filter regret, per K (`jal analyze`)."""
+    analysis_path = run_dir / ANALYSIS
+    if not analysis_path.exists():
+        return None
+    try:
+        analysis = json.loads(analysis_path.read_text())
+        rounds, by_k = np.asarray(analysis["rounds"]), analysis["by_mc_samples"]
+    except (OSError, ValueError, KeyError) as e:
+        raise JalError(f"{analysis_path}: cannot read ({e}); run jal analyze again") from e
+    fig, (rise_ax, rank_ax, regret_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    for k, entry in by_k.items():
+        rise_ax.plot(rounds[1:], entry["rise_fraction"], label=f"K={k}")
+        rank_ax.plot(rounds, entry["rank_correlation"], label=f"K={k}")
+        regret_ax.plot(analysis["filter_fractions"], entry["filter_regret"], marker="o", label=f"K={k}")
+    recorded = analysis["recorded"]
+    rank_ax.plot(np.arange(len(recorded["rank_correlation"])), recorded["rank_correlation"], "k:", label="recorded")
+    regret_ax.plot(analysis["filter_fractions"], recorded["filter_regret"], "k:", marker="x", label="recorded")
+    rise_ax.set(xlabel="round", ylabel="fraction of samples", title=f"Score rose by > {analysis['z']} noise sd")
+    rank_ax.set(xlabel="round", ylabel="Spearman", title="Rank correlation with round 0")
+    regret_ax.set(xlabel="fraction filtered at round 0", ylabel="share of acquired", title="Regret of early filtering")
+    for ax in (rise_ax, rank_ax, regret_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
+    """Every figure for the runs given; per-run figures are named after the run."""
+    out_dir = Path(out_dir)
+    run_dirs = [Path(d) for d in run_dirs]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JalError(f"--out {out_dir}: cannot create it ({e}); choose a writable place") from e
+    paths = [*informativeness_curve(out_dir), selection_animation(out_dir)]
+    paths.append(learning_curves(run_dirs, out_dir / "learning_curves.png"))
+    for run_dir in run_dirs:
+        run_out = out_dir / run_dir.name if len(run_dirs) > 1 else out_dir
+        run_out.mkdir(exist_ok=True)
+        paths.append(score_evolution_animation(run_dir, run_out))
+        diagnostics = diagnostics_figure(run_dir, run_out / "diagnostics.png")
+        if diagnostics is not None:
+            paths.append(diagnostics)
+    return paths

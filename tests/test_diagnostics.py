@@ -1,0 +1,67 @@
+import numpy as np
+
+from jal.diagnostics import (
+    ema,
+    filter_regret,
+    labeled_by_round,
+    rank_correlations,
+    ranks,
+    rise_fractions,
+    spearman,
+)
+
+P = 200
+
+
+def shrinking_history(rounds=6, seed=0):
+    initial = np.random.default_rng(seed).random(P)
+    return np.stack([initial * 0.8**r for r in range(rounds)])
+
+
+def test_labeled_by_round_follows_the_acquisitions():
+    labeled = labeled_by_round(6, [0], [[3], [5, 1], []])
+    assert labeled.tolist() == [
+        [True, False, False, False, False, False],
+        [True, False, False, True, False, False],
+        [True, True, False, True, False, True],
+    ]
+
+
+def test_ranks_average_ties_and_spearman_matches_pearson_of_ranks():
+    np.testing.assert_array_equal(ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+    rng = np.random.default_rng(1)
+    a, b = rng.random(50), rng.random(50)
+    np.testing.assert_allclose(spearman(a, b), np.corrcoef(ranks(a), ranks(b))[0, 1])
+    assert spearman(a, a**3) == 1.0 and spearman(a, -a) == -1.0
+
+
+def test_uniform_shrinking_gives_no_rises_and_rank_correlation_one():
+    history = shrinking_history()
+    labeled = labeled_by_round(P, [0, 1], [[2 * r + 2, 2 * r + 3] for r in range(6)])
+    np.testing.assert_allclose(rank_correlations(history, labeled), 1.0)
+    assert (rise_fractions(history, labeled, noise_sd=0.0) == 0).all()
+
+
+def test_a_planted_rise_is_found_and_noise_hides_a_small_one():
+    history = shrinking_history()
+    history[3:, 7] = history[2, 7] + 0.5  # sample 7 becomes more informative at round 3
+    labeled = labeled_by_round(P, [0], [[]] * 6)
+    fractions = rise_fractions(history, labeled, noise_sd=0.01)
+    np.testing.assert_allclose(fractions, [0, 0, 1 / (P - 1), 0, 0])
+    # A rise within the noise does not count.
+    assert (rise_fractions(history, labeled, noise_sd=1.0) == 0).all()
+    assert rank_correlations(history, labeled)[3] < 1.0
+
+
+def test_filter_regret_counts_acquired_samples_the_filter_would_remove():
+    scores = np.arange(10, dtype=float)  # sample i scores i
+    initially = np.zeros(10, bool)
+    initially[9] = True  # the filter ranks the other 9
+    # Removing 1/3 of 9 removes samples 0, 1, 2; active learning acquired 2, 5 and 8.
+    np.testing.assert_allclose(filter_regret(scores, initially, [2, 5, 8], [0.0, 1 / 3, 1.0]), [0, 1 / 3, 1])
+
+
+def test_ema_smooths_and_zeroes_labeled_samples():
+    history = np.array([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    labeled = np.array([[False, False], [False, False], [False, True]])
+    np.testing.assert_allclose(ema(history, labeled), [[1.0, 1.0], [0.9, 0.9], [0.81, 0.0]])
