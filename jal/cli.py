@@ -1,15 +1,18 @@
-"""The `jal` command line: `jal run`, `jal analyze`, `jal figures` and `jal plot`."""
+"""The `jal` command line: `jal run`, `jal filter`, `jal analyze`, `jal figures` and `jal plot`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from jal import scoring
 from jal.acquisition import METHODS, SAMPLINGS
 from jal.errors import JalError
+from jal.estimators import ESTIMATORS
 from jal.loop import LoopConfig
 from jal.runtime import keep_freed_memory
 
@@ -48,6 +51,43 @@ def _float_above(minimum: float, *, inclusive: bool):
     return parse
 
 
+def _fraction(text: str) -> float:
+    value = _float_above(0, inclusive=True)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be below 1")
+    return value
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = LoopConfig().train
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=_int_at_least(1), default=defaults.epochs)
+    training.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size)
+    training.add_argument("--lr", type=_float_above(0, inclusive=False), default=defaults.learning_rate)
+    training.add_argument("--weight-decay", type=_float_above(0, inclusive=True), default=defaults.weight_decay)
+    training.add_argument("--min-samples-per-epoch", type=_int_at_least(1), default=defaults.min_samples_per_epoch)
+    training.add_argument(
+        "--conv",
+        choices=("auto", "im2col", "xla"),
+        default="auto",
+        help="convolution formulation for training (auto: fastest on this backend)",
+    )
+
+
+def _train_config(args):
+    from jal.model import default_conv
+    from jal.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        min_samples_per_epoch=args.min_samples_per_epoch,
+        conv=default_conv() if args.conv == "auto" else args.conv,
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line instead of argparse's usage block, and exit code 2 as argparse has it.
@@ -61,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run an active-learning experiment (defaults: the reference MNIST BALD experiment)"
     )
-    defaults, train_defaults = LoopConfig(), LoopConfig().train
+    defaults = LoopConfig()
     data = run.add_argument_group("data")
     source = data.add_mutually_exclusive_group()
     source.add_argument(
@@ -131,20 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not MC-score the test set; evaluate it with one deterministic pass",
     )
-    training = run.add_argument_group("training")
-    training.add_argument("--epochs", type=_int_at_least(1), default=train_defaults.epochs)
-    training.add_argument("--batch-size", type=_int_at_least(1), default=train_defaults.batch_size)
-    training.add_argument("--lr", type=_float_above(0, inclusive=False), default=train_defaults.learning_rate)
-    training.add_argument("--weight-decay", type=_float_above(0, inclusive=True), default=train_defaults.weight_decay)
-    training.add_argument(
-        "--min-samples-per-epoch", type=_int_at_least(1), default=train_defaults.min_samples_per_epoch
+    _add_training_flags(run)
+    filtering = run.add_argument_group("filtering")
+    filtering.add_argument(
+        "--filter-fraction",
+        type=_fraction,
+        default=0.0,
+        help="first remove this fraction of the pool: the lowest --filter-estimator scores of a model "
+        "trained on the initial labels",
     )
-    training.add_argument(
-        "--conv",
-        choices=("auto", "im2col", "xla"),
-        default="auto",
-        help="convolution formulation for training (auto: fastest on this backend)",
+    filtering.add_argument("--filter-estimator", choices=ESTIMATORS, default="bald")
+
+    filter_ = commands.add_parser(
+        "filter",
+        help="offline data filtering: test accuracy after removing the least informative x%% of the pool, "
+        "against removing x%% at random",
     )
+    filter_source = filter_.add_argument_group("data").add_mutually_exclusive_group()
+    filter_source.add_argument("--data-dir", help="folder with the four MNIST IDX files (default as for jal run)")
+    filter_source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this folder instead")
+    filter_.add_argument("--out", required=True, help="result directory to create (must not exist or be empty)")
+    filter_.add_argument("--pool-size", type=_int_at_least(1), default=POOL_SIZE)
+    filter_.add_argument("--pool-seed", type=_int_at_least(0, MAX_SEED), default=POOL_SEED)
+    filter_.add_argument("--initial", type=_int_at_least(1), default=INITIAL, help="the scoring model's labels")
+    filter_.add_argument(
+        "--held-out",
+        type=_int_at_least(1),
+        help="train the scoring model on this many training images outside the pool instead of on "
+        "--initial pool samples",
+    )
+    filter_.add_argument("--estimator", choices=ESTIMATORS, default="bald")
+    filter_.add_argument(
+        "--fractions", type=_fraction, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 0.7, 0.9], help="fractions removed"
+    )
+    filter_.add_argument("--mc-samples", type=_int_at_least(1), default=defaults.mc_samples, help="K")
+    filter_.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=SEED)
+    _add_training_flags(filter_)
 
     analyze = commands.add_parser(
         "analyze", help="submodularity diagnostics of a run: score rises beyond MC noise, rank stability, filter regret"
@@ -182,9 +244,7 @@ def run_command(args) -> None:
 
     from jal import data as jdata
     from jal import loop
-    from jal.model import default_conv
     from jal.store import RunWriter, check_run_dir
-    from jal.train import TrainConfig
 
     # Everything that can fail on bad input is checked before the run directory is made.
     check_run_dir(args.out)
@@ -220,18 +280,26 @@ def run_command(args) -> None:
         consistent=args.consistent_masks,
         joint_samples=args.joint_samples,
         epig_targets=args.epig_targets,
-        train=TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            weight_decay=args.weight_decay,
-            min_samples_per_epoch=args.min_samples_per_epoch,
-            conv=default_conv() if args.conv == "auto" else args.conv,
-        ),
+        train=_train_config(args),
     )
     loop.check_config(config)
     oracle = loop.dataset_oracle(pool_labels)
     state = loop.init(jax.random.key(args.seed), args.pool_size, initial, oracle(initial))
+    if args.filter_fraction > 0:
+        # Offline filtering first: a model trained on the initial labels scores the pool once,
+        # and the lowest-scoring fraction of the unlabeled samples leaves the pool.
+        from jal.filtering import fit, kept_indices, score_all
+
+        fit_key, score_key = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 2**31 - 1))
+        params = fit(fit_key, data.pool_images, pool_labels, initial, config.train)
+        scores = score_all(score_key, params, data.pool_images, args.filter_estimator, mc_samples=args.mc_samples)
+        kept = kept_indices(scores, args.filter_fraction, protected=initial)
+        loop.check_settings(len(kept), num_initial, args.acquire, args.iterations)
+        pool_indices, pool_labels = pool_indices[kept], pool_labels[kept]
+        data = data._replace(pool_images=data.pool_images[kept])
+        initial = np.searchsorted(kept, initial)  # the same samples, renumbered in the kept pool
+        oracle = loop.dataset_oracle(pool_labels)
+        state = loop.init(jax.random.key(args.seed), len(kept), initial, oracle(initial))
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     settings.update(
@@ -242,6 +310,7 @@ def run_command(args) -> None:
         consistent_masks=config.consistent_masks,
         backend=jax.default_backend(),
         initial_indices=[int(i) for i in initial],
+        filtered_pool_size=len(pool_indices),
     )
     rounds = args.iterations + 1
     test_size = len(mnist.test_images) if config.score_test else 0
@@ -276,6 +345,82 @@ def metrics_summary(run_dir) -> str:
 
     last = read_metrics(run_dir)[-1]
     return f"{last['num_labeled']} labels, test accuracy {last['test_accuracy']:.4f}, NLL {last['test_nll']:.4f}"
+
+
+def filter_command(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jal import data as jdata
+    from jal import loop
+    from jal.filtering import FILTERING, filter_curve, fit, score_all
+    from jal.store import check_run_dir, write_json
+
+    check_run_dir(args.out)
+    mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
+    pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
+    pool_labels = mnist.train_labels[pool_indices].astype(np.int32)
+    data = loop.Data(
+        jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
+        jnp.asarray(jdata.normalize(mnist.test_images)),
+        jnp.asarray(mnist.test_labels, jnp.int32),
+    )
+    config = _train_config(args)
+    fit_key, score_key, curve_key = jax.random.split(jax.random.key(args.seed), 3)
+    if args.held_out:
+        outside = np.setdiff1d(np.arange(len(mnist.train_images)), pool_indices)
+        if args.held_out > len(outside):
+            raise JalError(f"--held-out {args.held_out}: only {len(outside)} training images lie outside the pool")
+        scoring_set = np.sort(np.random.RandomState(args.seed).choice(outside, args.held_out, replace=False))
+        images = jnp.asarray(jdata.normalize(mnist.train_images[scoring_set]))
+        labels = mnist.train_labels[scoring_set].astype(np.int32)
+        params = fit(fit_key, images, labels, np.arange(len(scoring_set)), config)
+        protected = np.zeros(0, int)
+    else:
+        if args.initial > args.pool_size:
+            raise JalError(f"--initial {args.initial} must be at most the pool size {args.pool_size}")
+        protected = loop.initial_indices(args.pool_size, args.initial, args.seed)
+        scoring_set = pool_indices[protected]
+        params = fit(fit_key, data.pool_images, pool_labels, protected, config)
+    scores = score_all(score_key, params, data.pool_images, args.estimator, mc_samples=args.mc_samples)
+
+    out = Path(args.out)
+    settings = {k: v for k, v in vars(args).items() if k != "command"}
+    settings.update(conv=config.conv, backend=jax.default_backend(), scoring_set=[int(i) for i in scoring_set])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", settings)
+        np.save(out / "pool_indices.npy", pool_indices)
+        np.save(out / "filter_scores.npy", scores)
+        results = out / FILTERING
+        results.touch()
+    except OSError as e:
+        raise JalError(f"{out}: cannot write it ({e}); choose another --out") from e
+    print("| removed | by | kept | test accuracy | test NLL |\n| --- | --- | --- | --- | --- |")
+
+    def record(evaluation) -> None:
+        with results.open("a") as f:
+            f.write(json.dumps(evaluation._asdict()) + "\n")
+        print(
+            f"| {evaluation.fraction:.0%} | {evaluation.removal} | {evaluation.num_kept} "
+            f"| {evaluation.test_accuracy:.4f} | {evaluation.test_nll:.4f} |",
+            flush=True,
+        )
+
+    filter_curve(
+        curve_key,
+        data,
+        pool_labels,
+        scores,
+        protected=protected,
+        fractions=args.fractions,
+        config=config,
+        mc_samples=args.mc_samples,
+        seed=args.seed,
+        on_result=record,
+    )
+    print(f"results in {out}")
 
 
 def analyze_command(args) -> None:
@@ -324,7 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     try:
-        commands = {"run": run_command, "analyze": analyze_command, "figures": figures_command, "plot": plot_command}
+        commands = {
+            "run": run_command,
+            "filter": filter_command,
+            "analyze": analyze_command,
+            "figures": figures_command,
+            "plot": plot_command,
+        }
         commands[args.command](args)
     except JalError as e:
         print(f"jal: error: {e}", file=sys.stderr)

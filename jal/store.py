@@ -81,7 +81,7 @@ class RunWriter:
         existed = self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
+            write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
             np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
             self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
             self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
@@ -115,7 +115,7 @@ class RunWriter:
         self.metrics.close()
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)

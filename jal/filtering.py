@@ -1,0 +1,127 @@
+"""Offline data filtering: score the pool once, remove the least informative, train on the rest.
+
+The other side of the seed's argument: active learning selects the most informative
+samples online; filtering removes the least informative offline, trusting that what is
+uninformative to an early model stays so. `filter_curve` measures it: for each fraction
+x, a model trained on every kept sample (with its label), against removing the same
+fraction at random. `jal run --filter-fraction x` runs active learning on a filtered pool.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jal.errors import JalError
+from jal.estimators import ESTIMATORS, accuracy_and_nll
+from jal.loop import UNLABELED, Data
+from jal.scoring import mc_log_probs
+from jal.train import TrainConfig, epoch_size, train
+
+FRACTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+FILTERING = "filtering.jsonl"  # one Evaluation per line, in a `jal filter` directory
+
+
+def kept_indices(scores: np.ndarray, fraction: float, *, protected=(), rng: np.random.Generator | None = None):
+    """The pool indices kept after removing `fraction` of the candidates, sorted.
+
+    Candidates are the pool samples not `protected` (the scoring model's own labeled
+    samples, which are always kept). Without `rng` the lowest-scoring candidates go (ties:
+    the lower index first); with it, a uniformly random set of the same size.
+    """
+    if not 0 <= fraction < 1:
+        raise JalError(f"filter fraction {fraction} must be in [0, 1)")
+    scores = np.asarray(scores)
+    candidate = np.ones(len(scores), bool)
+    candidate[np.asarray(protected, int)] = False
+    candidates = np.flatnonzero(candidate)
+    num_removed = int(round(fraction * len(candidates)))
+    if rng is None:
+        removed = candidates[np.argsort(scores[candidates], kind="stable")[:num_removed]]
+    else:
+        removed = rng.choice(candidates, num_removed, replace=False)
+    keep = np.ones(len(scores), bool)
+    keep[removed] = False
+    return np.flatnonzero(keep)
+
+
+class Evaluation(NamedTuple):
+    fraction: float
+    removal: str  # "lowest" (by score) or "random"
+    num_kept: int
+    test_accuracy: float
+    test_nll: float
+
+
+def fit(key, images: jax.Array, labels, kept, config: TrainConfig) -> dict:
+    """A fresh model trained on images[kept] with labels[kept] (the reference's training).
+
+    The whole image array stays on the device and only `kept` is read, so any number of
+    kept samples up to `config.min_samples_per_epoch` runs the same compiled function.
+    """
+    kept = np.asarray(kept)
+    size = images.shape[0]
+    masked = np.full(size, UNLABELED, np.int32)
+    masked[kept] = np.asarray(labels)[kept]
+    order = np.full(size, UNLABELED, np.int32)
+    order[: len(kept)] = kept
+    params, _ = train(
+        key,
+        images,
+        jnp.asarray(masked),
+        jnp.asarray(order),
+        jnp.int32(len(kept)),
+        config=config,
+        samples_per_epoch=epoch_size(len(kept), config),
+    )
+    return params
+
+
+def test_metrics(key, params, data: Data, *, mc_samples: int = 32) -> tuple[float, float]:
+    """Test accuracy and NLL of the MC-mean predictive. The test set is only ever evaluated."""
+    log_probs = mc_log_probs(params, data.test_images, key=key, num_samples=mc_samples)
+    accuracy, nll = accuracy_and_nll(log_probs, data.test_labels)
+    return float(accuracy), float(nll)
+
+
+def score_all(key, params, images: jax.Array, estimator: str, *, mc_samples: int = 32) -> np.ndarray:
+    """One informativeness score per image [N] under the scoring model `params`."""
+    if estimator not in ESTIMATORS:
+        raise JalError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    return np.asarray(ESTIMATORS[estimator](mc_log_probs(params, images, key=key, num_samples=mc_samples)))
+
+
+def filter_curve(
+    key,
+    data: Data,
+    pool_labels,
+    scores: np.ndarray,
+    *,
+    protected=(),
+    fractions=FRACTIONS,
+    config: TrainConfig,
+    mc_samples: int = 32,
+    seed: int = 0,
+    on_result=lambda evaluation: None,
+) -> list[Evaluation]:
+    """For each fraction: train on what score-based removal keeps, and on what random removal keeps.
+
+    Both removals of one fraction train from the same key, so they differ only in the data.
+    """
+    rng = np.random.default_rng(seed)
+    results = []
+    for i, fraction in enumerate(fractions):
+        fraction_key = jax.random.fold_in(key, i)
+        for removal in ("lowest", "random"):
+            if fraction == 0 and removal == "random":
+                continue  # the same (whole) pool as "lowest" at 0
+            kept = kept_indices(scores, fraction, protected=protected, rng=rng if removal == "random" else None)
+            fit_key, test_key = jax.random.split(fraction_key)
+            params = fit(fit_key, data.pool_images, pool_labels, kept, config)
+            accuracy, nll = test_metrics(test_key, params, data, mc_samples=mc_samples)
+            results.append(Evaluation(float(fraction), removal, len(kept), accuracy, nll))
+            on_result(results[-1])
+    return results
