@@ -119,30 +119,54 @@ def analyze(
     return result
 
 
-def table(result: dict) -> str:
-    """The terminal summary of `analyze`'s result, as a Markdown table."""
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """The summary of `analyze`'s result: a header and one row per K, plus the recorded history."""
     last = len(result["rounds"]) - 1
     middle = last // 2
-    regret_columns = " | ".join(f"regret {f:.0%}" for f in result["filter_fractions"])
-    lines = [
-        f"| K | noise sd (median) | score (median) | rises (mean, max) | Spearman r{result['rounds'][middle]} "
-        f"| Spearman r{result['rounds'][last]} | {regret_columns} |",
-        "| --- " * (6 + len(result["filter_fractions"])) + "|",
+    header = [
+        "K",
+        "noise sd (median)",
+        "score (median)",
+        "rises (mean, max)",
+        f"Spearman r{result['rounds'][middle]}",
+        f"Spearman r{result['rounds'][last]}",
+        *(f"regret {f:.0%}" for f in result["filter_fractions"]),
     ]
+    rows = []
     for k, entry in result["by_mc_samples"].items():
         rises = np.asarray(entry["rise_fraction"]) if entry["rise_fraction"] else np.zeros(1)
         rank = entry["rank_correlation"]
-        regret = " | ".join(f"{x:.3f}" for x in entry["filter_regret"])
-        lines.append(
-            f"| {k} | {entry['median_noise_sd']:.4f} | {entry['median_score']:.4f} "
-            f"| {rises.mean():.4f}, {rises.max():.4f} | {rank[middle]:.3f} | {rank[last]:.3f} | {regret} |"
+        rows.append(
+            [
+                k,
+                f"{entry['median_noise_sd']:.4f}",
+                f"{entry['median_score']:.4f}",
+                f"{rises.mean():.4f}, {rises.max():.4f}",
+                f"{rank[middle]:.3f}",
+                f"{rank[last]:.3f}",
+                *(f"{x:.3f}" for x in entry["filter_regret"]),
+            ]
         )
     recorded = result["recorded"]
-    lines.append(
-        f"| recorded (K={result['run_mc_samples']}, whole pool) | - | - | - "
-        f"| {recorded['rank_correlation'][result['rounds'][middle]]:.3f} "
-        f"| {recorded['rank_correlation'][result['rounds'][last]]:.3f} | "
-        + " | ".join(f"{x:.3f}" for x in recorded["filter_regret"])
-        + " |"
+    rows.append(
+        [
+            f"recorded (K={result['run_mc_samples']}, whole pool)",
+            "-",
+            "-",
+            "-",
+            f"{recorded['rank_correlation'][result['rounds'][middle]]:.3f}",
+            f"{recorded['rank_correlation'][result['rounds'][last]]:.3f}",
+            *(f"{x:.3f}" for x in recorded["filter_regret"]),
+        ]
     )
-    return "\n".join(lines)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def table(result: dict) -> str:
+    """The terminal summary of `analyze`'s result, as a Markdown table."""
+    return markdown_table(*table_rows(result))

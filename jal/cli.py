@@ -1,4 +1,4 @@
-"""The `jal` command line: `jal run`, `jal filter`, `jal analyze`, `jal figures` and `jal plot`."""
+"""The `jal` command line: `jal run`, `filter`, `analyze`, `figures`, `report` and `plot`."""
 
 from __future__ import annotations
 
@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     figures.add_argument("--out", required=True, help="folder for the figures")
 
+    report = commands.add_parser("report", help="one self-contained HTML page of runs, diagnostics and figures")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="jal run or jal filter directories")
+    report.add_argument("--out", required=True, help="the .html file to write")
+
     plot = commands.add_parser("plot", help="plot test accuracy against labels and sorted score curves")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", required=True, help="figure file (.png, .svg or .pdf)")
@@ -458,6 +462,12 @@ def figures_command(args) -> None:
         print(f"wrote {path}")
 
 
+def report_command(args) -> None:
+    from jal.report import build_report
+
+    print(f"wrote {build_report(args.run_dirs, args.out)}")
+
+
 def plot_command(args) -> None:
     from jal.plots import plot_runs
 
@@ -474,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             "filter": filter_command,
             "analyze": analyze_command,
             "figures": figures_command,
+            "report": report_command,
             "plot": plot_command,
         }
         commands[args.command](args)

@@ -25,12 +25,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
 from jal.analysis import ANALYSIS  # noqa: E402
 from jal.diagnostics import ema, labeled_by_round  # noqa: E402
 from jal.errors import JalError  # noqa: E402
+from jal.filtering import FILTERING  # noqa: E402
 from jal.store import read_config, read_metrics, read_scores  # noqa: E402
 
 FILTERING_COLOR, ACTIVE_COLOR = "red", "blue"
@@ -178,7 +180,9 @@ def learning_curves(run_dirs: list[Path], path: Path) -> Path:
         rounds = min(len(metrics) for metrics in runs)
         labels = [m["num_labeled"] for m in runs[0][:rounds]]
         accuracy = np.array([[m["test_accuracy"] for m in metrics[:rounds]] for metrics in runs])
-        (line,) = ax.plot(labels, accuracy.mean(axis=0), label=f"{acquisition} ({len(runs)} runs)")
+        (line,) = ax.plot(
+            labels, accuracy.mean(axis=0), label=f"{acquisition} ({len(runs)} run{'s' if len(runs) > 1 else ''})"
+        )
         if len(runs) > 1:
             ax.fill_between(labels, accuracy.min(axis=0), accuracy.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="labels", ylabel="test accuracy", title="Learning curves (mean, band: min to max over runs)")
@@ -220,18 +224,58 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
     return path
 
 
+def read_filtering(filter_dir: Path) -> list[dict]:
+    """The evaluations of a `jal filter` directory."""
+    path = Path(filter_dir) / FILTERING
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise JalError(f"{path}: cannot read ({e}); is {filter_dir} a jal filter directory?") from e
+
+
+def filtering_figure(filter_dir: Path, path: Path) -> Path:
+    """Test accuracy against the fraction of the pool removed: by lowest score and at random."""
+    evaluations = read_filtering(filter_dir)
+    estimator = read_config(filter_dir).get("estimator", "score")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    full = [e for e in evaluations if e["fraction"] == 0]
+    for removal, label in (("lowest", f"lowest {estimator} removed"), ("random", "random samples removed")):
+        points = sorted([e for e in evaluations if e["removal"] == removal] + (full if removal == "random" else []),
+                        key=lambda e: e["fraction"])  # fmt: skip
+        if points:
+            ax.plot([e["fraction"] for e in points], [e["test_accuracy"] for e in points], marker="o", label=label)
+    ax.set(xlabel="fraction of the pool removed before training", ylabel="test accuracy", title="Data filtering")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def is_filter_dir(directory: Path) -> bool:
+    return (Path(directory) / FILTERING).exists()
+
+
 def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
-    """Every figure for the runs given; per-run figures are named after the run."""
+    """Every figure for the run (or `jal filter`) directories given; per-directory figures are named after it."""
     out_dir = Path(out_dir)
-    run_dirs = [Path(d) for d in run_dirs]
+    directories = [Path(d) for d in run_dirs]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise JalError(f"--out {out_dir}: cannot create it ({e}); choose a writable place") from e
     paths = [*informativeness_curve(out_dir), selection_animation(out_dir)]
-    paths.append(learning_curves(run_dirs, out_dir / "learning_curves.png"))
+    run_dirs = [d for d in directories if not is_filter_dir(d)]
+    if run_dirs:
+        paths.append(learning_curves(run_dirs, out_dir / "learning_curves.png"))
+    for filter_dir in (d for d in directories if is_filter_dir(d)):
+        filter_out = out_dir / filter_dir.name if len(directories) > 1 else out_dir
+        filter_out.mkdir(exist_ok=True)
+        paths.append(filtering_figure(filter_dir, filter_out / "filtering.png"))
     for run_dir in run_dirs:
-        run_out = out_dir / run_dir.name if len(run_dirs) > 1 else out_dir
+        run_out = out_dir / run_dir.name if len(directories) > 1 else out_dir
         run_out.mkdir(exist_ok=True)
         paths.append(score_evolution_animation(run_dir, run_out))
         diagnostics = diagnostics_figure(run_dir, run_out / "diagnostics.png")

@@ -60,6 +60,16 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys):
             assert gif.n_frames == 3
     assert not (figures / "random" / "diagnostics.png").exists()  # no jal analyze for that run
 
+    # One page with every figure and table.
+    report = tmp_path / "report.html"
+    assert main(["report", str(out), str(random_run), "--out", str(report)]) == 0
+    page = report.read_text()
+    images = page.count('<img alt="')
+    # learning curves, 2 score evolutions, 1 diagnostics, the curve and the selection animation
+    assert images == 6 and page.count("data:image/gif;base64,") == 3
+    assert all(f'<table id="{t}">' in page for t in ("runs", "analysis-run"))
+    assert page.count("<tr>") == 1 + 2 + 1 + 3  # runs table: header + 2; analysis: header + K=4, 64, recorded
+
 
 def test_run_on_real_mnist(mnist_dir, tmp_path):
     out = tmp_path / "run"

@@ -67,3 +67,15 @@ def test_filtering_more_than_the_schedule_allows_is_an_error(synthetic_dir, tmp_
     out = tmp_path / "run"
     assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(out), "--filter-fraction", "0.5", *flags]) == 2
     assert "exceed the pool of 55" in capsys.readouterr().err and not out.exists()
+
+
+def test_report_of_a_filter_directory(synthetic_dir, tmp_path):
+    out = tmp_path / "filter"
+    flags = ["--pool-size", "100", "--initial", "10", "--fractions", "0", "0.5", *TRAIN]
+    assert main(["filter", "--data-dir", str(synthetic_dir), "--out", str(out), *flags]) == 0
+    report = tmp_path / "report.html"
+    assert main(["report", str(out), "--out", str(report)]) == 0
+    page = report.read_text()
+    assert '<table id="filtering-filter">' in page and page.count("<tr>") == 1 + 3
+    assert page.count('<img alt="') == 3  # the filtering curve and the two illustrations
+    assert main(["report", str(out), "--out", str(tmp_path / "report.txt")]) == 2

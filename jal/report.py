@@ -1,0 +1,133 @@
+"""`jal report`: one self-contained HTML page of runs, filtering results, diagnostics and figures.
+
+Every figure of `jal figures` is embedded (base64 data URIs), so the page is one file to
+send or open anywhere, with no network access and nothing beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jal.analysis import ANALYSIS, table_rows
+from jal.errors import JalError
+from jal.figures import is_filter_dir, read_filtering, write_figures
+from jal.store import read_config, read_metrics
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f2f2f2; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+"""
+THRESHOLDS = (0.90, 0.95)
+
+
+def labels_to_reach(metrics: list[dict], threshold: float) -> int | None:
+    """The first label count at which test accuracy reached `threshold` (None: never)."""
+    return next((m["num_labeled"] for m in metrics if m["test_accuracy"] >= threshold), None)
+
+
+def _table(header, rows, table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _image(path: Path, caption: str) -> str:
+    mime = {".png": "image/png", ".gif": "image/gif"}[path.suffix]
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = html.escape(caption)
+    return f'<figure><img alt="{caption}" src="data:{mime};base64,{data}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _runs_table(run_dirs: list[Path]) -> str:
+    header = ["run", "acquisition", "K", "labels", "final test accuracy", "final NLL",
+              *(f"labels to {t:.0%}" for t in THRESHOLDS), "median s/round"]  # fmt: skip
+    rows = []
+    for run_dir in run_dirs:
+        config, metrics = read_config(run_dir), read_metrics(run_dir)
+        if not metrics:
+            raise JalError(f"{run_dir}: no finished round to report")
+        last = metrics[-1]
+        reach = [labels_to_reach(metrics, t) for t in THRESHOLDS]
+        seconds = [m["seconds"] for m in metrics[1:]] or [metrics[0]["seconds"]]
+        rows.append(
+            [run_dir.name, config.get("acquisition"), config.get("mc_samples"), last["num_labeled"],
+             f"{last['test_accuracy']:.4f}", f"{last['test_nll']:.4f}",
+             *("not reached" if n is None else n for n in reach), f"{np.median(seconds):.1f}"]
+        )  # fmt: skip
+    return _table(header, rows, "runs")
+
+
+def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Writes the report of run and `jal filter` directories to `out` (an .html file)."""
+    out = Path(out)
+    if out.suffix.lower() not in {".html", ".htm"}:
+        raise JalError(f"--out {out}: use an .html file name")
+    directories = [Path(d) for d in directories]
+    for directory in directories:
+        if not directory.is_dir():
+            raise JalError(f"{directory}: no such directory; pass jal run or jal filter directories")
+    run_dirs = [d for d in directories if not is_filter_dir(d)]
+    filter_dirs = [d for d in directories if is_filter_dir(d)]
+    many = len(directories) > 1
+    parts = ["<h1>jal report</h1>"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_figures(directories, tmp)
+        if run_dirs:
+            parts += ["<h2>Active learning runs</h2>", _runs_table(run_dirs)]
+            parts.append(_image(tmp / "learning_curves.png", "Test accuracy against labels (mean and range over runs)"))
+        for run_dir in run_dirs:
+            where = tmp / run_dir.name if many else tmp
+            parts.append(f"<h2>{html.escape(run_dir.name)}</h2>")
+            parts.append(_image(where / "score_evolution_ema.gif", f"{run_dir.name}: score evolution (EMA 0.9)"))
+            analysis_path = run_dir / ANALYSIS
+            if analysis_path.exists():
+                try:
+                    analysis = json.loads(analysis_path.read_text())
+                    header, rows = table_rows(analysis)
+                except (OSError, ValueError, KeyError) as e:
+                    raise JalError(f"{analysis_path}: cannot read ({e}); run jal analyze again") from e
+                parts.append("<h3>Submodularity diagnostics</h3>")
+                parts.append(
+                    f"<p>{analysis['subset_size']} pool samples re-scored {analysis['repeats']} times per round; "
+                    f"a rise counts beyond {analysis['z']} noise standard deviations; regret: the share of acquired "
+                    "samples a filter on round-0 scores would have removed.</p>"
+                )
+                parts.append(_table(header, rows, f"analysis-{run_dir.name}"))
+                parts.append(_image(where / "diagnostics.png", f"{run_dir.name}: diagnostics"))
+        for filter_dir in filter_dirs:
+            where = tmp / filter_dir.name if many else tmp
+            evaluations = read_filtering(filter_dir)
+            parts.append(f"<h2>Data filtering: {html.escape(filter_dir.name)}</h2>")
+            rows = [[f"{e['fraction']:.0%}", e["removal"], e["num_kept"], f"{e['test_accuracy']:.4f}",
+                     f"{e['test_nll']:.4f}"] for e in evaluations]  # fmt: skip
+            header = ["removed", "by", "kept", "test accuracy", "test NLL"]
+            parts.append(_table(header, rows, f"filtering-{filter_dir.name}"))
+            parts.append(_image(where / "filtering.png", f"{filter_dir.name}: test accuracy against fraction removed"))
+        parts.append("<h2>Active learning and data filtering, illustrated</h2>")
+        parts.append(_image(tmp / "active_vs_filtering_xkcd.png", "Where data filtering and active learning act"))
+        parts.append(_image(tmp / "active_selection_animation.gif", "Simulated top-1 active selection"))
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jal report</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_suffix(".tmp")
+        tmp_out.write_text(page)
+        tmp_out.replace(out)
+    except OSError as e:
+        raise JalError(f"--out {out}: cannot write it ({e}); choose a writable place") from e
+    return out
