@@ -52,6 +52,13 @@ def xkcd():
         font_logger.setLevel(level)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _informativeness() -> tuple[np.ndarray, np.ndarray]:
     """The seed's synthetic diminishing-returns curve over 10,000 sorted samples."""
     x = np.linspace(1, 10000, 10000)
@@ -188,10 +195,7 @@ def learning_curves(run_dirs: list[Path], path: Path) -> Path:
     ax.set(xlabel="labels", ylabel="test accuracy", title="Learning curves (mean, band: min to max over runs)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
@@ -218,10 +222,7 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
     for ax in (rise_ax, rank_ax, regret_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def read_filtering(filter_dir: Path) -> list[dict]:
@@ -248,10 +249,7 @@ def filtering_figure(filter_dir: Path, path: Path) -> Path:
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def is_filter_dir(directory: Path) -> bool:
