@@ -151,7 +151,7 @@ def batchbald(
         gain = jnp.where(excluded, -jnp.inf, jnp.where(jnp.isnan(gain), lowest, gain))
         index = jnp.argmax(gain)  # ties go to the lower index
         return (
-            indices.at[n].set(index),
+            indices.at[n].set(index.astype(indices.dtype)),
             scores.at[n].set(gain[index]),
             excluded.at[index].set(True),
             conditional_sum + conditional[index],
