@@ -121,7 +121,7 @@ def main() -> None:
 
     print(
         f"BatchBALD on N={n}, K={k}, C=10 ({platform.processor() or platform.machine()}, torch threads "
-        f"{torch.get_num_threads()}, JAX {jax.default_backend()}), medians of {repeats} for the first case, 1 run otherwise:"
+        f"{torch.get_num_threads()}, JAX {jax.default_backend()}); the first case's median of {repeats} runs:"
     )
     print("| case | N | b | M | jal float64 s | batchbald_redux float64 s | speedup | same indices | jal float32 s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
