@@ -59,7 +59,9 @@ def main() -> None:
         for method, runs in groups.items():
             labels = np.array([m["num_labeled"] for m in runs[0]])
             accuracy = np.array([[m["test_accuracy"] for m in metrics[: len(labels)]] for metrics in runs])
-            line = ax.plot(labels, accuracy.mean(axis=0), label=f"{method} ({len(runs)} runs)")[0]
+            line = ax.plot(
+                labels, accuracy.mean(axis=0), label=f"{method} ({len(runs)} run{'s' if len(runs) > 1 else ''})"
+            )[0]
             if len(runs) > 1:
                 ax.fill_between(labels, accuracy.min(axis=0), accuracy.max(axis=0), color=line.get_color(), alpha=0.2)
         for threshold in THRESHOLDS:
