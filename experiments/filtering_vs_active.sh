@@ -15,7 +15,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-runs/filtering_vs_active}"
 jal="$root/bin/jal"
-[ -f "$out/filter/filtering.jsonl" ] || "$jal" filter --out "$out/filter"
+if ! { [ -f "$out/filter/filtering.jsonl" ] && [ "$(wc -l <"$out/filter/filtering.jsonl")" -eq 11 ]; }; then
+  rm -rf "$out/filter"
+  "$jal" filter --out "$out/filter"
+fi
 for acquisition in bald random; do
   for fraction in 0 0.5; do
     run="$out/$acquisition-filtered$fraction"

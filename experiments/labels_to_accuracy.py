@@ -2,13 +2,12 @@
 
     .venv/bin/python experiments/labels_to_accuracy.py RUN_DIR [RUN_DIR ...] [--figure F.png]
 
-Runs are grouped by their --acquisition; a group's number is the median over its runs
-(seeds) of the first label count at which test accuracy reached the threshold. The
-BatchBALD paper's medians (Kirsch et al., 2019, MNIST) are printed beside them.
+Runs are grouped by their settings but for the seed (`jal.figures.group_runs`); a
+group's number is the median over its runs (seeds) of the first label count at which
+test accuracy reached the threshold. The BatchBALD paper's medians (Kirsch et al., 2019, MNIST) are printed beside them.
 """
 
 import argparse
-from collections import defaultdict
 from statistics import median
 
 import matplotlib
@@ -17,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jal.store import read_config, read_metrics  # noqa: E402
+from jal.figures import group_runs  # noqa: E402
 
 THRESHOLDS = (0.90, 0.95)
 PAPER = {"bald (b=1)": (96, 206), "bald": (120, 250), "batchbald": (90, 200)}  # b=10 unless noted
@@ -32,9 +31,7 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="+")
     parser.add_argument("--figure")
     args = parser.parse_args()
-    groups = defaultdict(list)
-    for run_dir in args.run_dirs:
-        groups[read_config(run_dir)["acquisition"]].append(read_metrics(run_dir))
+    groups = group_runs(args.run_dirs)
 
     print("| method | runs | labels to 90% | labels to 95% | final labels | final accuracy | paper (90% / 95%) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

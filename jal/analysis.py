@@ -1,8 +1,9 @@
 """`jal analyze`: submodularity diagnostics of a run, with the MC noise measured, not assumed.
 
 Every round's model is in the run directory, so a subset of the pool is re-scored with
-fresh dropout keys, `repeats` times per round and K: the spread of the repeats is the MC
-noise of a score, the rise test (`jal.diagnostics.rise_fractions`) uses it, and the
+fresh dropout keys, `repeats` times per round and K: the spread of the repeats, pooled
+over samples of similar score (`jal.diagnostics.pooled_noise_sd`), is the MC noise of a
+score, the rise test (`jal.diagnostics.rise_fractions`) uses it, and the
 mean of the repeats is a less noisy history to compute rank correlations from. Larger K
 shows how much of what looks like rising informativeness is estimation noise.
 """
@@ -93,8 +94,9 @@ def analyze(
             for j in range(repeats):
                 round_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, k), int(r)), j)
                 rescored[i, j] = score_pool(params, images, key=round_key, method=score_name, num_samples=k)
-        single_sd = rescored.std(axis=1, ddof=1)  # the noise of one score estimate
-        mean, mean_sd = rescored.mean(axis=1), single_sd / np.sqrt(repeats)
+        mean = rescored.mean(axis=1)
+        single_sd = diagnostics.pooled_noise_sd(mean, rescored.var(axis=1, ddof=1))  # of one score estimate
+        mean_sd = single_sd / np.sqrt(repeats)
         subset_labeled = labeled[rounds][:, chosen]
         initial_full = score_pool(read_model(run_dir, 0), pool_images, key=key, method=score_name, num_samples=k)
         entry = {

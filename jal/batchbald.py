@@ -139,7 +139,8 @@ def batchbald(
       chunk_size: candidates scored at once (memory: chunk_size * M * C floats).
 
     Returns:
-      indices [b] int32 in the order chosen, scores [b].
+      indices [b] int32 in the order chosen, scores [b]. Steps left without a candidate
+      (b larger than the candidates not excluded) give index -1 and score -inf.
     """
     n_pool, k, num_classes = log_probs.shape
     conditional = expected_entropy(log_probs)  # E_w H(y_i | w) [N]
@@ -150,11 +151,12 @@ def batchbald(
         gain = joint_entropies - conditional - conditional_sum
         gain = jnp.where(excluded, -jnp.inf, jnp.where(jnp.isnan(gain), lowest, gain))
         index = jnp.argmax(gain)  # ties go to the lower index
+        found = ~excluded.all()  # else every candidate is taken: report -1, change nothing
         return (
-            indices.at[n].set(index.astype(indices.dtype)),
-            scores.at[n].set(gain[index]),
+            indices.at[n].set(jnp.where(found, index, -1).astype(indices.dtype)),
+            scores.at[n].set(jnp.where(found, gain[index], -jnp.inf)),
             excluded.at[index].set(True),
-            conditional_sum + conditional[index],
+            conditional_sum + jnp.where(found, conditional[index], 0.0),
         )
 
     zero = jnp.zeros((), log_probs.dtype)

@@ -392,6 +392,7 @@ def filter_command(args) -> None:
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     settings.update(conv=config.conv, backend=jax.default_backend(), scoring_set=[int(i) for i in scoring_set])
+    existed = out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", settings)
@@ -400,6 +401,10 @@ def filter_command(args) -> None:
         results = out / FILTERING
         results.touch()
     except OSError as e:
+        for path in out.iterdir() if out.is_dir() else ():  # leave nothing half-made behind
+            path.unlink()
+        if not existed and out.is_dir():
+            out.rmdir()
         raise JalError(f"{out}: cannot write it ({e}); choose another --out") from e
     print("| removed | by | kept | test accuracy | test NLL |\n| --- | --- | --- | --- | --- |")
 

@@ -76,6 +76,28 @@ def rise_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float 
     return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
 
 
+def pooled_noise_sd(scores: np.ndarray, variances: np.ndarray, bins: int = 20) -> np.ndarray:
+    """Each sample's MC noise sd, pooled over the samples of similar score in its round.
+
+    A variance from a few repeats is itself very noisy (from 2 repeats, 1 degree of
+    freedom: a z=2 test would then flag about 9% of pure-noise differences, not 2.3%). The
+    noise depends smoothly on the score level, so within each round the variances of the
+    samples in one score quantile bin are averaged: about (S / bins) * (repeats - 1)
+    degrees of freedom per estimate.
+
+    Args:
+      scores: [R, S] mean scores.
+      variances: [R, S] per-sample variances of one score estimate.
+      bins: quantile bins per round.
+    """
+    pooled = np.empty_like(variances, dtype=float)
+    for r in range(len(scores)):
+        order = np.argsort(scores[r], kind="stable")
+        for members in np.array_split(order, min(bins, len(order))):
+            pooled[r, members] = variances[r, members].mean()
+    return np.sqrt(pooled)
+
+
 def filter_regret(initial_scores: np.ndarray, initially_labeled: np.ndarray, acquired, fractions) -> np.ndarray:
     """Of the samples active learning acquired, the share an early filter would have removed.
 

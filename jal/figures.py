@@ -177,19 +177,48 @@ def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.
     return path
 
 
-def learning_curves(run_dirs: list[Path], path: Path) -> Path:
-    """Test accuracy against labels: per acquisition, the mean over its runs and their range."""
+# Settings that differ between repetitions of one experiment (or say where it ran).
+PER_RUN = {"seed", "out", "initial_indices", "filtered_pool_size", "versions", "data_dir", "tfds_data_dir", "backend"}
+
+
+def group_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
+    """The metrics of runs grouped by experiment: the same settings but for the seed.
+
+    A group is labeled by its acquisition, plus the settings that tell it apart from other
+    groups with the same acquisition (e.g. "bald (filter_fraction=0.5)").
+    """
+    configs = {Path(d): read_config(d) for d in run_dirs}
+    keys = {d: tuple(sorted((k, json.dumps(v)) for k, v in c.items() if k not in PER_RUN)) for d, c in configs.items()}
+    distinct = sorted(set(keys.values()))
+    labels = {}
+    for key in distinct:
+        settings = dict(key)
+        acquisition = json.loads(settings.get("acquisition", '"?"'))
+        rivals = [
+            dict(other)
+            for other in distinct
+            if other != key and dict(other).get("acquisition") == settings.get("acquisition")
+        ]
+        differing = sorted(
+            {k for other in rivals for k in set(settings) | set(other) if settings.get(k) != other.get(k)}
+        )
+        suffix = ", ".join(f"{k}={json.loads(settings[k]) if k in settings else None}" for k in differing)
+        labels[key] = f"{acquisition} ({suffix})" if suffix else acquisition
     groups = defaultdict(list)
-    for run_dir in run_dirs:
-        groups[read_config(run_dir)["acquisition"]].append(read_metrics(run_dir))
+    for run_dir in configs:
+        groups[labels[keys[run_dir]]].append(read_metrics(run_dir))
+    return dict(groups)
+
+
+def learning_curves(run_dirs: list[Path], path: Path) -> Path:
+    """Test accuracy against labels: per experiment, the mean over its runs (seeds) and their range."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for acquisition, runs in groups.items():
+    for label, runs in group_runs(run_dirs).items():
         rounds = min(len(metrics) for metrics in runs)
         labels = [m["num_labeled"] for m in runs[0][:rounds]]
         accuracy = np.array([[m["test_accuracy"] for m in metrics[:rounds]] for metrics in runs])
-        (line,) = ax.plot(
-            labels, accuracy.mean(axis=0), label=f"{acquisition} ({len(runs)} run{'s' if len(runs) > 1 else ''})"
-        )
+        plural = "s" if len(runs) > 1 else ""
+        (line,) = ax.plot(labels, accuracy.mean(axis=0), label=f"{label} ({len(runs)} run{plural})")
         if len(runs) > 1:
             ax.fill_between(labels, accuracy.min(axis=0), accuracy.max(axis=0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="labels", ylabel="test accuracy", title="Learning curves (mean, band: min to max over runs)")
@@ -260,6 +289,9 @@ def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike)
     """Every figure for the run (or `jal filter`) directories given; per-directory figures are named after it."""
     out_dir = Path(out_dir)
     directories = [Path(d) for d in run_dirs]
+    names = [d.name for d in directories]
+    if len(set(names)) < len(names):
+        raise JalError("two directories share a name; their figures would overwrite each other: rename one")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

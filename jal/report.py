@@ -123,11 +123,12 @@ def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jal report</title>'
         f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
     )
+    tmp_out = out.with_suffix(".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_suffix(".tmp")
         tmp_out.write_text(page)
         tmp_out.replace(out)
     except OSError as e:
+        tmp_out.unlink(missing_ok=True)
         raise JalError(f"--out {out}: cannot write it ({e}); choose a writable place") from e
     return out

@@ -104,3 +104,11 @@ def test_same_indices_as_batchbald_redux_in_exact_mode():
     ours, scores = batchbald(log_probs, 4, key=jax.random.key(0), num_samples=1000)
     assert np.asarray(ours).tolist() == theirs.indices
     np.testing.assert_allclose(scores, theirs.scores, rtol=1e-4)
+
+
+def test_steps_without_a_candidate_say_so():
+    log_probs = random_log_probs(4, 5, 6, 3)
+    excluded = jnp.array([True, False, True, False, True])
+    indices, scores = batchbald(log_probs, 4, key=jax.random.key(0), excluded=excluded, num_samples=9)
+    assert sorted(np.asarray(indices)[:2].tolist()) == [1, 3] and np.asarray(indices)[2:].tolist() == [-1, -1]
+    assert np.isfinite(np.asarray(scores)[:2]).all() and np.isneginf(np.asarray(scores)[2:]).all()

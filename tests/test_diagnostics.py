@@ -4,6 +4,7 @@ from jal.diagnostics import (
     ema,
     filter_regret,
     labeled_by_round,
+    pooled_noise_sd,
     rank_correlations,
     ranks,
     rise_fractions,
@@ -65,3 +66,17 @@ def test_ema_smooths_and_zeroes_labeled_samples():
     history = np.array([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
     labeled = np.array([[False, False], [False, False], [False, True]])
     np.testing.assert_allclose(ema(history, labeled), [[1.0, 1.0], [0.9, 0.9], [0.81, 0.0]])
+
+
+def test_pooled_noise_makes_the_rise_test_hold_its_level_on_pure_noise():
+    rng = np.random.default_rng(3)
+    truth = np.tile(np.linspace(0.1, 1.0, 2000), (2, 1))  # no sample changes between the rounds
+    sd = 0.05 * truth  # noise grows with the score
+    repeats = rng.normal(truth[:, None, :], sd[:, None, :], size=(2, 2, 2000))  # [R, repeats, S]
+    mean, variance = repeats.mean(axis=1), repeats.var(axis=1, ddof=1)
+    labeled = np.zeros((2, 2000), bool)
+    raw = rise_fractions(mean, labeled, np.sqrt(variance / 2))
+    pooled = rise_fractions(mean, labeled, pooled_noise_sd(mean, variance) / np.sqrt(2))
+    # One-sided z=2: 2.3% of pure-noise differences; per-sample sds from 2 repeats flag far more.
+    assert raw[0] > 0.06 and 0.01 < pooled[0] < 0.04
+    np.testing.assert_allclose(np.median(pooled_noise_sd(mean, variance) / sd), 1.0, atol=0.15)
