@@ -17,13 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jal.figures import group_runs  # noqa: E402
+from jal.report import THRESHOLDS, labels_to_reach  # noqa: E402
 
-THRESHOLDS = (0.90, 0.95)
 PAPER = {"bald (b=1)": (96, 206), "bald": (120, 250), "batchbald": (90, 200)}  # b=10 unless noted
-
-
-def labels_to_reach(metrics: list[dict], threshold: float) -> int | None:
-    return next((m["num_labeled"] for m in metrics if m["test_accuracy"] >= threshold), None)
 
 
 def main() -> None:

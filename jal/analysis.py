@@ -27,6 +27,18 @@ ANALYSIS = "analysis.json"
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
+def read_history(run_dir: str | os.PathLike) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:
+    """A run's config, its finished rounds' metrics, their pool scores [R, P] and labeled masks [R, P]."""
+    config, metrics = read_config(run_dir), read_metrics(run_dir)
+    if not metrics:
+        raise JalError(f"{run_dir}: no finished round yet")
+    history = np.asarray(read_scores(run_dir, "pool"))[: len(metrics)]
+    labeled = diagnostics.labeled_by_round(
+        history.shape[1], config["initial_indices"], [m["acquired"] for m in metrics]
+    )
+    return config, metrics, history, labeled
+
+
 def analyze(
     run_dir: str | os.PathLike,
     pool_images: np.ndarray,
@@ -51,19 +63,15 @@ def analyze(
       z: a rise counts when it exceeds z noise standard deviations.
       seed: of the subset and the dropout keys.
     """
-    config, metrics = read_config(run_dir), read_metrics(run_dir)
+    if repeats < 2 or subset < 2 or every < 1 or not mc_samples or min(mc_samples) < 1:
+        raise JalError("--repeats and --subset must be at least 2, --every and each K at least 1")
+    config, metrics, history, labeled = read_history(run_dir)
     score_name = config.get("score_name", config.get("acquisition"))
     if score_name not in ESTIMATORS:
         raise JalError(f"{run_dir}: its {score_name!r} scores cannot be recomputed one sample at a time")
-    if repeats < 2 or subset < 2 or every < 1 or not mc_samples or min(mc_samples) < 1:
-        raise JalError("--repeats and --subset must be at least 2, --every and each K at least 1")
-    history = np.asarray(read_scores(run_dir, "pool"))[: len(metrics)]
     pool_size = history.shape[1]
-    if len(metrics) == 0:
-        raise JalError(f"{run_dir}: no finished round to analyse")
     if len(pool_images) != pool_size:
         raise JalError(f"{len(pool_images)} pool images for a run over {pool_size}; is this the run's data?")
-    labeled = diagnostics.labeled_by_round(pool_size, config["initial_indices"], [m["acquired"] for m in metrics])
     acquired = np.concatenate([np.asarray(m["acquired"], int) for m in metrics])
     rounds = np.arange(0, len(metrics), every)
     rng = np.random.default_rng(seed)

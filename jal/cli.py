@@ -58,6 +58,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_data_source(parser, default: str = "$JAL_MNIST_DIR, else downloaded once to ~/.cache/jal/mnist") -> None:
+    source = parser.add_argument_group("data").add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help=f"folder with the four MNIST IDX files, gzipped or not (default: {default})")
+    source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this TFDS data folder instead")
+
+
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     defaults = LoopConfig().train
     training = parser.add_argument_group("training")
@@ -102,14 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run an active-learning experiment (defaults: the reference MNIST BALD experiment)"
     )
     defaults = LoopConfig()
-    data = run.add_argument_group("data")
-    source = data.add_mutually_exclusive_group()
-    source.add_argument(
-        "--data-dir",
-        help="folder with the four MNIST IDX files, gzipped or not "
-        "(default: $JAL_MNIST_DIR, else downloaded once to ~/.cache/jal/mnist)",
-    )
-    source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this TFDS data folder instead")
+    _add_data_source(run)
+    data = run.add_argument_group("pool")
     data.add_argument("--pool-size", type=_int_at_least(1), default=POOL_SIZE)
     data.add_argument(
         "--pool-seed",
@@ -187,9 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline data filtering: test accuracy after removing the least informative x%% of the pool, "
         "against removing x%% at random",
     )
-    filter_source = filter_.add_argument_group("data").add_mutually_exclusive_group()
-    filter_source.add_argument("--data-dir", help="folder with the four MNIST IDX files (default as for jal run)")
-    filter_source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this folder instead")
+    _add_data_source(filter_)
     filter_.add_argument("--out", required=True, help="result directory to create (must not exist or be empty)")
     filter_.add_argument("--pool-size", type=_int_at_least(1), default=POOL_SIZE)
     filter_.add_argument("--pool-seed", type=_int_at_least(0, MAX_SEED), default=POOL_SEED)
@@ -212,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze", help="submodularity diagnostics of a run: score rises beyond MC noise, rank stability, filter regret"
     )
     analyze.add_argument("run_dir", metavar="RUN_DIR")
-    analyze_source = analyze.add_mutually_exclusive_group()
-    analyze_source.add_argument("--data-dir", help="MNIST IDX folder (default: the run's, else $JAL_MNIST_DIR)")
-    analyze_source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this folder instead")
+    _add_data_source(analyze, default="the run's, else $JAL_MNIST_DIR")
     analyze.add_argument(
         "--mc-samples", type=_int_at_least(1), nargs="+", default=[32, 128], help="the K values to re-score at"
     )
@@ -240,21 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_pool(args):
+    """MNIST from the flags; the pool's training-set indices and labels; the loop's device arrays."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jal import data as jdata
+    from jal.loop import Data
+
+    mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
+    pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
+    data = Data(
+        jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
+        jnp.asarray(jdata.normalize(mnist.test_images)),
+        jnp.asarray(mnist.test_labels, jnp.int32),
+    )
+    return mnist, pool_indices, mnist.train_labels[pool_indices].astype(np.int32), data
+
+
 def run_command(args) -> None:
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from tqdm.auto import tqdm
 
-    from jal import data as jdata
     from jal import loop
     from jal.store import RunWriter, check_run_dir
 
     # Everything that can fail on bad input is checked before the run directory is made.
     check_run_dir(args.out)
-    mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
-    pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
-    pool_labels = mnist.train_labels[pool_indices].astype(np.int32)
+    mnist, pool_indices, pool_labels, data = _load_pool(args)
     if args.initial_per_class:
         initial = loop.balanced_initial_indices(pool_labels, args.initial_per_class, args.seed)
         num_initial = len(initial)
@@ -267,11 +277,6 @@ def run_command(args) -> None:
             raise JalError(f"--acquisition {acquisition} already sets --sampling {SAMPLED_BALD[acquisition]}")
         acquisition, sampling = "bald", SAMPLED_BALD[acquisition]
 
-    data = loop.Data(
-        jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
-        jnp.asarray(jdata.normalize(mnist.test_images)),
-        jnp.asarray(mnist.test_labels, jnp.int32),
-    )
     config = loop.LoopConfig(
         acquisition=acquisition,
         acquire=args.acquire,
@@ -287,8 +292,6 @@ def run_command(args) -> None:
         train=_train_config(args),
     )
     loop.check_config(config)
-    oracle = loop.dataset_oracle(pool_labels)
-    state = loop.init(jax.random.key(args.seed), args.pool_size, initial, oracle(initial))
     if args.filter_fraction > 0:
         # Offline filtering first: a model trained on the initial labels scores the pool once,
         # and the lowest-scoring fraction of the unlabeled samples leaves the pool.
@@ -302,8 +305,8 @@ def run_command(args) -> None:
         pool_indices, pool_labels = pool_indices[kept], pool_labels[kept]
         data = data._replace(pool_images=data.pool_images[kept])
         initial = np.searchsorted(kept, initial)  # the same samples, renumbered in the kept pool
-        oracle = loop.dataset_oracle(pool_labels)
-        state = loop.init(jax.random.key(args.seed), len(kept), initial, oracle(initial))
+    oracle = loop.dataset_oracle(pool_labels)
+    state = loop.init(jax.random.key(args.seed), len(pool_labels), initial, oracle(initial))
 
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     settings.update(
@@ -359,17 +362,10 @@ def filter_command(args) -> None:
     from jal import data as jdata
     from jal import loop
     from jal.filtering import FILTERING, filter_curve, fit, score_all
-    from jal.store import check_run_dir, write_json
+    from jal.store import CONFIG, POOL_INDICES, check_run_dir, new_directory, write_json
 
     check_run_dir(args.out)
-    mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
-    pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
-    pool_labels = mnist.train_labels[pool_indices].astype(np.int32)
-    data = loop.Data(
-        jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
-        jnp.asarray(jdata.normalize(mnist.test_images)),
-        jnp.asarray(mnist.test_labels, jnp.int32),
-    )
+    mnist, pool_indices, pool_labels, data = _load_pool(args)
     config = _train_config(args)
     fit_key, score_key, curve_key = jax.random.split(jax.random.key(args.seed), 3)
     if args.held_out:
@@ -392,20 +388,12 @@ def filter_command(args) -> None:
     out = Path(args.out)
     settings = {k: v for k, v in vars(args).items() if k != "command"}
     settings.update(conv=config.conv, backend=jax.default_backend(), scoring_set=[int(i) for i in scoring_set])
-    existed = out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", settings)
-        np.save(out / "pool_indices.npy", pool_indices)
+    with new_directory(out):
+        write_json(out / CONFIG, settings)
+        np.save(out / POOL_INDICES, pool_indices)
         np.save(out / "filter_scores.npy", scores)
         results = out / FILTERING
         results.touch()
-    except OSError as e:
-        for path in out.iterdir() if out.is_dir() else ():  # leave nothing half-made behind
-            path.unlink()
-        if not existed and out.is_dir():
-            out.rmdir()
-        raise JalError(f"{out}: cannot write it ({e}); choose another --out") from e
     print("| removed | by | kept | test accuracy | test NLL |\n| --- | --- | --- | --- | --- |")
 
     def record(evaluation) -> None:
@@ -433,16 +421,15 @@ def filter_command(args) -> None:
 
 
 def analyze_command(args) -> None:
-    import numpy as np
 
     from jal import data as jdata
     from jal.analysis import ANALYSIS, analyze, table
-    from jal.store import read_config
+    from jal.store import read_config, read_pool_indices
 
     config = read_config(args.run_dir)
     tfds_dir = args.tfds_data_dir or (None if args.data_dir else config.get("tfds_data_dir"))
     mnist = jdata.load_mnist(args.data_dir or config.get("data_dir"), tfds_data_dir=tfds_dir)
-    pool_indices = np.load(f"{args.run_dir}/pool_indices.npy")
+    pool_indices = read_pool_indices(args.run_dir)
     if pool_indices.max(initial=0) >= len(mnist.train_images):
         raise JalError(f"{args.run_dir}: its pool indices exceed the {len(mnist.train_images)} training images given")
     result = analyze(

@@ -29,11 +29,11 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 
-from jal.analysis import ANALYSIS  # noqa: E402
-from jal.diagnostics import ema, labeled_by_round  # noqa: E402
+from jal.analysis import ANALYSIS, read_history  # noqa: E402
+from jal.diagnostics import ema  # noqa: E402
 from jal.errors import JalError  # noqa: E402
 from jal.filtering import FILTERING  # noqa: E402
-from jal.store import read_config, read_metrics, read_scores  # noqa: E402
+from jal.store import read_config, read_metrics  # noqa: E402
 
 FILTERING_COLOR, ACTIVE_COLOR = "red", "blue"
 SELECTION_FRAMES = 40
@@ -138,11 +138,7 @@ def selection_animation(out_dir: Path, *, frames: int = SELECTION_FRAMES, seed: 
 
 def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.9) -> Path:
     """The seed's Figure 3 from a run directory: EMA of the pool scores round by round."""
-    config, metrics = read_config(run_dir), read_metrics(run_dir)
-    if not metrics:
-        raise JalError(f"{run_dir}: no finished round to draw")
-    history = np.asarray(read_scores(run_dir, "pool"))[: len(metrics)]
-    labeled = labeled_by_round(history.shape[1], config["initial_indices"], [m["acquired"] for m in metrics])
+    config, metrics, history, labeled = read_history(run_dir)
     smoothed = ema(history, labeled, decay)
     position = np.empty(history.shape[1], int)  # x: the rank of the round-0 score, best first
     position[np.argsort(-history[0], kind="stable")] = np.arange(history.shape[1])

@@ -16,6 +16,8 @@ rows of rounds that have not finished hold NaN.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -72,28 +74,38 @@ def check_run_dir(run_dir: str | os.PathLike) -> None:
         raise JalError(f"{run_dir}: cannot create it under {parent}; choose a writable place")
 
 
+@contextlib.contextmanager
+def new_directory(directory: Path):
+    """Creates `directory` (absent or empty) for the files written inside the block.
+
+    If writing fails, nothing half-made is left behind: the files are removed, and the
+    directory too if this created it; the error becomes a one-line JalError.
+    """
+    existed = directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+    except OSError as e:
+        for path in directory.iterdir() if directory.is_dir() else ():
+            path.unlink()
+        if not existed and directory.is_dir():
+            directory.rmdir()
+        raise JalError(f"{directory}: cannot write it ({e}); free some space or choose another --out") from e
+
+
 class RunWriter:
     """Creates a run directory and appends one round at a time to it."""
 
     def __init__(self, run_dir: str | os.PathLike, config: dict, *, pool_indices, rounds: int, test_size: int):
         check_run_dir(run_dir)
         self.run_dir = Path(run_dir)
-        existed = self.run_dir.exists()
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        with new_directory(self.run_dir):
             write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
             np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
             self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
             self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
-            self.models = _nan_memmap(self.run_dir / MODELS, (rounds, _flatten(init_params(jax.random.key(0))).size))
+            self.models = _nan_memmap(self.run_dir / MODELS, (rounds, _layout()[0]))
             self.metrics = open(self.run_dir / METRICS, "a")
-        except OSError as e:
-            # Leave nothing half-made behind: remove what this call created.
-            for path in self.run_dir.iterdir() if self.run_dir.is_dir() else ():
-                path.unlink()
-            if not existed and self.run_dir.is_dir():
-                self.run_dir.rmdir()
-            raise JalError(f"{self.run_dir}: cannot write it ({e}); free some space or choose another --out") from e
         self.round = 0
 
     def append(self, info, seconds: float) -> dict:
@@ -166,6 +178,22 @@ def read_scores(run_dir: str | os.PathLike, split: str = "pool") -> np.ndarray:
         raise JalError(f"{path}: cannot read ({e}); the run has no {split} scores or the file is corrupt") from e
 
 
+@functools.cache
+def _layout():
+    """(number of LeNet parameters, the function that unflattens a row of models.npy)."""
+    flat, unflatten = ravel_pytree(init_params(jax.random.key(0)))
+    return flat.size, unflatten
+
+
+def read_pool_indices(run_dir: str | os.PathLike) -> np.ndarray:
+    """The training-set index of each pool sample [P]."""
+    path = Path(run_dir) / POOL_INDICES
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as e:
+        raise JalError(f"{path}: cannot read ({e}); is {run_dir} a jal run directory?") from e
+
+
 def _flatten(params) -> np.ndarray:
     return np.asarray(ravel_pytree(params)[0])
 
@@ -177,9 +205,9 @@ def read_model(run_dir: str | os.PathLike, round_: int) -> dict:
         models = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise JalError(f"{path}: cannot read ({e}); runs before models were saved cannot be re-scored") from e
-    flat, unflatten = ravel_pytree(init_params(jax.random.key(0)))
-    if models.ndim != 2 or models.shape[1] != flat.size or not 0 <= round_ < len(models):
-        raise JalError(f"{path}: holds {models.shape}, not round {round_} of {flat.size} parameters; is it corrupt?")
+    size, unflatten = _layout()
+    if models.ndim != 2 or models.shape[1] != size or not 0 <= round_ < len(models):
+        raise JalError(f"{path}: holds {models.shape}, not round {round_} of {size} parameters; is it corrupt?")
     row = np.asarray(models[round_])
     if np.isnan(row).any():
         raise JalError(f"{path}: round {round_} did not finish; choose an earlier round")
