@@ -43,21 +43,25 @@ def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks) -> j
     cin, cout = c2["kernel"].shape[2:]  # conv2's input channels are conv1's outputs
 
     h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
-    z = jax.nn.relu(max_pool_2x2(h1))  # [N, 12, 12, 32], the same for every MC sample
-    # Per-input-channel partial convolutions, a grouped conv with one group per channel
-    # (measured on XLA:CPU: about 1.8x faster than the same contraction as an im2col einsum).
-    grouped_kernel = c2["kernel"].reshape(KERNEL, KERNEL, 1, cin * cout)  # out channel c*64 + o reads input c
+    z = jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)  # [N, 32, 12, 12], the same for every MC sample
+    # Per-input-channel partial convolutions: a grouped conv with one group per input
+    # channel, output channel c*64 + o reading input channel c. Channel-major (NCHW) is
+    # measured fastest on XLA:CPU: about 2x the NHWC grouped conv and 1.4x an im2col
+    # einsum, and it leaves each channel's partials contiguous for the contraction below.
+    grouped_kernel = c2["kernel"].transpose(2, 3, 0, 1).reshape(cin * cout, 1, KERNEL, KERNEL)
     partials = jax.lax.conv_general_dilated(
-        z, grouped_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=cin
-    )  # [N, 8, 8, 32*64]
-    side = partials.shape[1]
-    partials = partials.reshape(n, side * side, cin, cout).transpose(0, 2, 1, 3).reshape(n, cin, -1)
-
-    h2 = jnp.einsum("nkc,ncq->nkq", masks.conv1, partials)  # [N, K, 8*8*64]
-    h2 = h2.reshape(*h2.shape[:2], side, side, cout) + c2["bias"]
-    # The conv2 mask is non-negative too, so it can be applied after pool and ReLU.
-    z2 = jax.nn.relu(max_pool_2x2(h2)) * masks.conv2[:, :, None, None, :]  # [N, K, 4, 4, 64]
-    h3 = jax.nn.relu((z2.reshape(*z2.shape[:2], -1) @ fc1["kernel"] + fc1["bias"]) * masks.fc1)
+        z, grouped_kernel, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=cin
+    )  # [N, 32*64, 8, 8]
+    side = partials.shape[-1]
+    h2 = jnp.einsum("nkc,ncq->nkq", masks.conv1, partials.reshape(n, cin, -1))  # [N, K, 64*8*8], (o, h, w)
+    pooled = h2.reshape(n, -1, cout, side // 2, 2, side // 2, 2).max(axis=(-3, -1))  # [N, K, 64, 4, 4]
+    # Bias, ReLU and the conv2 mask (non-negative) all commute with max-pool, so they act
+    # on the pooled features.
+    z2 = jax.nn.relu(pooled + c2["bias"][:, None, None]) * masks.conv2[..., None, None]
+    # fc1 reads (h, w, c)-flattened features; reorder its rows to the (c, h, w) order here.
+    features = fc1["kernel"].shape[-1]
+    fc1_kernel = fc1["kernel"].reshape(side // 2, side // 2, cout, features).transpose(2, 0, 1, 3)
+    h3 = jax.nn.relu((z2.reshape(*z2.shape[:2], -1) @ fc1_kernel.reshape(-1, features) + fc1["bias"]) * masks.fc1)
     return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
 
 
