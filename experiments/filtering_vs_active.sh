@@ -8,8 +8,9 @@
 # 2. Active learning (BALD) and random acquisition on the whole pool and on the pool with
 #    its 50% least informative samples filtered out: 60 initial labels, 10 per iteration,
 #    20 iterations, otherwise the reference settings.
-# 3. The reference experiment with BALD (100 iterations of 1), then `jal analyze` at
-#    K = 32, 128 and 256 on every 5th round.
+# 3. The reference experiment's BALD run (100 iterations of 1; made by
+#    experiments/reference_experiment.sh in REFERENCE, default runs/reference, unless it is
+#    there already), then `jal analyze` at K = 32, 128 and 256 on every 5th round.
 # 4. Figures and the report.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,10 +28,10 @@ for acquisition in bald random; do
     "$jal" run --acquisition "$acquisition" --acquire 10 --iterations 20 --filter-fraction "$fraction" --out "$run"
   done
 done
-reference="$out/bald-reference"
+reference_dir="${REFERENCE:-runs/reference}"
+reference="$reference_dir/bald"
 if ! { [ -f "$reference/metrics.jsonl" ] && [ "$(wc -l <"$reference/metrics.jsonl")" -eq 101 ]; }; then
-  rm -rf "$reference"
-  "$jal" run --acquisition bald --out "$reference"
+  bash "$root/experiments/reference_experiment.sh" "$reference_dir"
 fi
 "$jal" analyze "$reference" --mc-samples 32 128 256 --every 5
 "$jal" figures "$out"/*-filtered* "$reference" "$out/filter" --out "$out/figures"
