@@ -10,7 +10,8 @@
 #    20 iterations, otherwise the reference settings.
 # 3. The reference experiment's BALD arm (100 iterations of 1), by
 #    experiments/reference_experiment.sh in REFERENCE (default runs/reference), which keeps
-#    it if it is there already; then `jal analyze` at K = 32, 128 and 256 on every 5th round.
+#    it if it is there already; then `jal analyze` at K = 32, 128 and 256 on every 5th round,
+#    each of those rounds' models with a sibling trained again on its labels.
 # 4. Figures and the report.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

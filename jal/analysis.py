@@ -6,6 +6,13 @@ over samples of similar score (`jal.diagnostics.pooled_noise_sd`), is the MC noi
 score, the rise test (`jal.diagnostics.rise_fractions`) uses it, and the
 mean of the repeats is a less noisy history to compute rank correlations from. Larger K
 shows how much of what looks like rising informativeness is estimation noise.
+
+MC noise is not the only noise: every round trains a fresh model, and a model trained
+again on the same labels scores differently. Each re-scored round's model therefore gets a
+sibling, trained on its labels with other random numbers and re-scored alike; how often a
+sibling scores a sample higher (`jal.diagnostics.retrain_rises`) is the rate of rises that
+retraining alone makes, and the rank correlation of model and sibling is how far
+retraining alone unsettles the ranking.
 """
 
 from __future__ import annotations
@@ -15,13 +22,18 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jal import diagnostics
+from jal.data import normalize
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS
+from jal.filtering import fit
+from jal.model import default_conv
 from jal.scoring import score_pool
 from jal.store import read_config, read_metrics, read_model, read_scores
+from jal.train import TrainConfig
 
 ANALYSIS = "analysis.json"
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -39,10 +51,24 @@ def read_history(run_dir: str | os.PathLike) -> tuple[dict, list[dict], np.ndarr
     return config, metrics, history, labeled
 
 
+def run_train_config(config: dict) -> TrainConfig:
+    """The training settings a run directory records."""
+    conv = config.get("conv", "auto")
+    return TrainConfig(
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        learning_rate=config["lr"],
+        weight_decay=config["weight_decay"],
+        min_samples_per_epoch=config["min_samples_per_epoch"],
+        conv=default_conv() if conv == "auto" else conv,
+    )
+
+
 def analyze(
     run_dir: str | os.PathLike,
     pool_images: np.ndarray,
     *,
+    pool_labels: np.ndarray | None = None,
     mc_samples: tuple[int, ...] = (32, 128),
     repeats: int = 2,
     subset: int = 1000,
@@ -56,12 +82,15 @@ def analyze(
     Args:
       run_dir: a finished or interrupted `jal run` directory.
       pool_images: [P, 28, 28] uint8 or [P, 28, 28, 1] float32 normalised: the run's pool.
+      pool_labels: [P] the pool's labels. When given, every re-scored round's model gets a
+        sibling trained on the same labels with other random numbers, re-scored alike: the
+        score changes that retraining alone makes, to hold the rises between rounds against.
       mc_samples: the K values to re-score at.
       repeats: independent re-scorings per round and K (at least 2, to measure noise).
       subset: how many pool samples to re-score (chosen at random, fixed over rounds).
       every: re-score every `every`-th finished round (rises are between consecutive ones).
       z: a rise counts when it exceeds z noise standard deviations.
-      seed: of the subset and the dropout keys.
+      seed: of the subset, the dropout keys and the siblings' training.
     """
     if repeats < 2 or subset < 2 or every < 1 or not mc_samples or min(mc_samples) < 1:
         raise JalError("--repeats and --subset must be at least 2, --every and each K at least 1")
@@ -70,14 +99,38 @@ def analyze(
     if score_name not in ESTIMATORS:
         raise JalError(f"{run_dir}: its {score_name!r} scores cannot be recomputed one sample at a time")
     pool_size = history.shape[1]
-    if len(pool_images) != pool_size:
+    if len(pool_images) != pool_size or (pool_labels is not None and len(pool_labels) != pool_size):
         raise JalError(f"{len(pool_images)} pool images for a run over {pool_size}; is this the run's data?")
     acquired = np.concatenate([np.asarray(m["acquired"], int) for m in metrics])
     rounds = np.arange(0, len(metrics), every)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool_size, min(subset, pool_size), replace=False))
     images = np.asarray(pool_images)[chosen]
-    key = jax.random.key(seed)
+    subset_labeled = labeled[rounds][:, chosen]
+    key, sibling_key = jax.random.split(jax.random.key(seed))
+
+    models = {int(r): read_model(run_dir, int(r)) for r in rounds}
+    siblings = {}
+    if pool_labels is not None:
+        pool = np.asarray(pool_images)
+        pool = jnp.asarray(normalize(pool) if pool.dtype == np.uint8 else pool)
+        train_config = run_train_config(config)
+        for r in models:
+            progress(f"retraining round {r}")
+            train_key = jax.random.fold_in(sibling_key, r)
+            siblings[r] = fit(train_key, pool, np.asarray(pool_labels), np.flatnonzero(labeled[r]), train_config)
+
+    def rescore(params_by_round: dict, k: int, stream: jax.Array, name: str):
+        """Mean scores [R, S] over the repeats, and the MC noise sd of that mean."""
+        rescored = np.empty((len(rounds), repeats, len(chosen)), np.float32)
+        for i, (r, params) in enumerate(params_by_round.items()):
+            progress(f"K={k}: {name} round {r}")
+            for j in range(repeats):
+                round_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(stream, k), r), j)
+                rescored[i, j] = score_pool(params, images, key=round_key, method=score_name, num_samples=k)
+        mean = rescored.mean(axis=1)
+        single_sd = diagnostics.pooled_noise_sd(mean, rescored.var(axis=1, ddof=1))  # of one score estimate
+        return mean, single_sd, single_sd / np.sqrt(repeats)
 
     result = {
         "run_dir": str(run_dir),
@@ -87,6 +140,7 @@ def analyze(
         "subset_size": len(chosen),
         "repeats": repeats,
         "z": z,
+        "retrained": bool(siblings),
         "filter_fractions": list(FRACTIONS),
         "recorded": {
             "rank_correlation": diagnostics.rank_correlations(history, labeled).tolist(),
@@ -95,25 +149,25 @@ def analyze(
         "by_mc_samples": {},
     }
     for k in mc_samples:
-        rescored = np.empty((len(rounds), repeats, len(chosen)), np.float32)
-        for i, r in enumerate(rounds):
-            progress(f"K={k}: round {r}")
-            params = read_model(run_dir, int(r))
-            for j in range(repeats):
-                round_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, k), int(r)), j)
-                rescored[i, j] = score_pool(params, images, key=round_key, method=score_name, num_samples=k)
-        mean = rescored.mean(axis=1)
-        single_sd = diagnostics.pooled_noise_sd(mean, rescored.var(axis=1, ddof=1))  # of one score estimate
-        mean_sd = single_sd / np.sqrt(repeats)
-        subset_labeled = labeled[rounds][:, chosen]
-        initial_full = score_pool(read_model(run_dir, 0), pool_images, key=key, method=score_name, num_samples=k)
+        mean, single_sd, mean_sd = rescore(models, k, key, "model")
+        initial_full = score_pool(models[0], pool_images, key=key, method=score_name, num_samples=k)
         entry = {
             "median_noise_sd": float(np.median(single_sd)),
             "median_score": float(np.median(mean)),
             "rise_fraction": diagnostics.rise_fractions(mean, subset_labeled, mean_sd, z).tolist(),
+            "fall_fraction": diagnostics.fall_fractions(mean, subset_labeled, mean_sd, z).tolist(),
             "rank_correlation": diagnostics.rank_correlations(mean, subset_labeled).tolist(),
             "filter_regret": diagnostics.filter_regret(initial_full, labeled[0], acquired, FRACTIONS).tolist(),
         }
+        if siblings:
+            sibling_mean, _, sibling_sd = rescore(siblings, k, sibling_key, "sibling")
+            entry["retrain_rise_fraction"] = diagnostics.retrain_rises(
+                mean, sibling_mean, subset_labeled, mean_sd, sibling_sd, z
+            ).tolist()
+            entry["retrain_rank_correlation"] = [
+                diagnostics.spearman(mean[i, ~subset_labeled[i]], sibling_mean[i, ~subset_labeled[i]])
+                for i in range(len(rounds))
+            ]
         if k == config.get("mc_samples"):
             # The recorded history itself, against the noise of one estimate at its K.
             recorded = history[rounds][:, chosen]
@@ -129,6 +183,11 @@ def analyze(
     return result
 
 
+def _mean(values, digits: int = 4) -> str:
+    """The mean of a per-round list as text; "-" where absent (no sibling, one round)."""
+    return f"{np.mean(values):.{digits}f}" if values else "-"
+
+
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """The summary of `analyze`'s result: a header and one row per K, plus the recorded history."""
     last = len(result["rounds"]) - 1
@@ -138,22 +197,28 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         "noise sd (median)",
         "score (median)",
         "rises (mean, max)",
+        "falls (mean)",
+        "rises on retraining (mean)",
         f"Spearman r{result['rounds'][middle]}",
         f"Spearman r{result['rounds'][last]}",
+        "Spearman with sibling (mean)",
         *(f"regret {f:.0%}" for f in result["filter_fractions"]),
     ]
     rows = []
     for k, entry in result["by_mc_samples"].items():
-        rises = np.asarray(entry["rise_fraction"]) if entry["rise_fraction"] else np.zeros(1)
+        rises = entry["rise_fraction"]
         rank = entry["rank_correlation"]
         rows.append(
             [
                 k,
                 f"{entry['median_noise_sd']:.4f}",
                 f"{entry['median_score']:.4f}",
-                f"{rises.mean():.4f}, {rises.max():.4f}",
+                f"{_mean(rises)}, {max(rises):.4f}" if rises else "-",
+                _mean(entry.get("fall_fraction")),
+                _mean(entry.get("retrain_rise_fraction")),
                 f"{rank[middle]:.3f}",
                 f"{rank[last]:.3f}",
+                _mean(entry.get("retrain_rank_correlation"), 3),
                 *(f"{x:.3f}" for x in entry["filter_regret"]),
             ]
         )
@@ -161,11 +226,10 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     rows.append(
         [
             f"recorded (K={result['run_mc_samples']}, whole pool)",
-            "-",
-            "-",
-            "-",
+            *["-"] * 5,
             f"{recorded['rank_correlation'][result['rounds'][middle]]:.3f}",
             f"{recorded['rank_correlation'][result['rounds'][last]]:.3f}",
+            "-",
             *(f"{x:.3f}" for x in recorded["filter_regret"]),
         ]
     )

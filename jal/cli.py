@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--subset", type=_int_at_least(2), default=1000, help="pool samples re-scored")
     analyze.add_argument("--every", type=_int_at_least(1), default=1, help="re-score every n-th round")
     analyze.add_argument("--z", type=_float_above(0, inclusive=False), default=2.0, help="rise threshold in noise sds")
+    analyze.add_argument(
+        "--no-retrain",
+        dest="retrain",
+        action="store_false",
+        help="skip the siblings: models trained again on each round's labels, for the noise of training",
+    )
     analyze.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0)
 
     figures = commands.add_parser(
@@ -435,6 +441,7 @@ def analyze_command(args) -> None:
     result = analyze(
         args.run_dir,
         mnist.train_images[pool_indices],
+        pool_labels=mnist.train_labels[pool_indices] if args.retrain else None,
         mc_samples=tuple(args.mc_samples),
         repeats=args.repeats,
         subset=args.subset,

@@ -76,6 +76,35 @@ def rise_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float 
     return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
 
 
+def fall_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float = 2.0) -> np.ndarray:
+    """[R-1] the fraction of samples whose score fell from round r to r+1 beyond the noise.
+
+    The mirror of `rise_fractions`: under submodularity falls outnumber rises; when the two
+    are alike, scores fluctuate from model to model rather than diminish.
+    """
+    return rise_fractions(-np.asarray(history), labeled, noise_sd, z)
+
+
+def retrain_rises(scores, sibling_scores, labeled, noise_sd, sibling_noise_sd, z: float = 2.0) -> np.ndarray:
+    """[R] the fraction of samples that score higher under a sibling model beyond the noise.
+
+    A sibling is trained again on round r's labels with other random numbers, so what it
+    changes is the training noise alone: the rate of rises that retraining produces with
+    no new label. Rises between rounds at about this rate are not evidence against
+    submodularity; rises well above it are. Only samples unlabeled at round r count.
+
+    Args:
+      scores, sibling_scores: [R, P] scores under round r's model and under its sibling.
+      labeled: [R, P] bool.
+      noise_sd, sibling_noise_sd: their MC standard deviations, broadcastable to [R, P].
+      z: how many standard deviations a rise must exceed.
+    """
+    threshold = z * np.sqrt(np.asarray(noise_sd, float) ** 2 + np.asarray(sibling_noise_sd, float) ** 2)
+    rose = (np.asarray(sibling_scores) - np.asarray(scores)) > threshold
+    unlabeled = ~labeled
+    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+
+
 def pooled_noise_sd(scores: np.ndarray, variances: np.ndarray, bins: int = 20) -> np.ndarray:
     """Each sample's MC noise sd, pooled over the samples of similar score in its round.
 

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from jal.analysis import ANALYSIS, read_history  # noqa: E402
 from jal.diagnostics import ema  # noqa: E402
@@ -235,18 +236,33 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
         raise JalError(f"{analysis_path}: cannot read ({e}); run jal analyze again") from e
     fig, (rise_ax, rank_ax, regret_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
     for k, entry in by_k.items():
-        rise_ax.plot(rounds[1:], entry["rise_fraction"], label=f"K={k}")
-        rank_ax.plot(rounds, entry["rank_correlation"], label=f"K={k}")
+        (line,) = rise_ax.plot(rounds[1:], entry["rise_fraction"], label=f"K={k}")
+        color = line.get_color()
+        if "fall_fraction" in entry:  # absent from older analyses
+            rise_ax.plot(rounds[1:], entry["fall_fraction"], "--", color=color)
+        if "retrain_rise_fraction" in entry:  # with siblings only
+            rise_ax.plot(rounds, entry["retrain_rise_fraction"], "-.", color=color)
+            rank_ax.plot(rounds, entry["retrain_rank_correlation"], "-.", color=color)
+        rank_ax.plot(rounds, entry["rank_correlation"], color=color, label=f"K={k}")
         regret_ax.plot(analysis["filter_fractions"], entry["filter_regret"], marker="o", label=f"K={k}")
     recorded = analysis["recorded"]
     rank_ax.plot(np.arange(len(recorded["rank_correlation"])), recorded["rank_correlation"], "k:", label="recorded")
     regret_ax.plot(analysis["filter_fractions"], recorded["filter_regret"], "k:", marker="x", label="recorded")
-    rise_ax.set(xlabel="round", ylabel="fraction of samples", title=f"Score rose by > {analysis['z']} noise sd")
+    # A filter that removes at random removes the same share of what is later acquired.
+    regret_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="random filter")
+    rise_ax.set(xlabel="round", ylabel="fraction of samples", title=f"Scores that moved by > {analysis['z']} noise sd")
     rank_ax.set(xlabel="round", ylabel="Spearman", title="Rank correlation with round 0")
     regret_ax.set(xlabel="fraction filtered at round 0", ylabel="share of acquired", title="Regret of early filtering")
+    # Line styles say what a curve measures; colours say which K.
+    styles = {rise_ax: [("-", "rose since the last round"), ("--", "fell")]}
+    if analysis.get("retrained"):
+        styles[rise_ax].append(("-.", "higher under a sibling"))
+        styles[rank_ax] = [("-.", "model with its sibling")]
     for ax in (rise_ax, rank_ax, regret_ax):
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="grey", linestyle=ls, label=text) for ls, text in styles.get(ax, [])]
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(handles=handles, fontsize="small")
     return _save(fig, path)
 
 

@@ -102,8 +102,9 @@ def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -
                 parts.append("<h3>Submodularity diagnostics</h3>")
                 parts.append(
                     f"<p>{analysis['subset_size']} pool samples re-scored {analysis['repeats']} times per round; "
-                    f"a rise counts beyond {analysis['z']} noise standard deviations; regret: the share of acquired "
-                    "samples a filter on round-0 scores would have removed.</p>"
+                    f"a rise (or fall) counts beyond {analysis['z']} noise standard deviations; regret: the share of "
+                    "acquired samples a filter on round-0 scores would have removed (a random filter: the fraction "
+                    "itself); a sibling: a model trained again on the round's labels with other random numbers.</p>"
                 )
                 parts.append(_table(header, rows, f"analysis-{run_dir.name}"))
                 parts.append(_image(where / "diagnostics.png", f"{run_dir.name}: diagnostics"))

@@ -44,6 +44,10 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys):
     by_k = analysis["by_mc_samples"]
     assert analysis["rounds"] == [0, 1, 2] and set(by_k) == {"4", "64"}
     assert len(by_k["4"]["rise_fraction"]) == 2 and len(by_k["4"]["recorded_rise_fraction"]) == 2
+    assert len(by_k["4"]["fall_fraction"]) == 2 and analysis["retrained"]
+    # Every re-scored round's model got a sibling, trained again on its labels.
+    assert len(by_k["4"]["retrain_rise_fraction"]) == 3 and len(by_k["64"]["retrain_rank_correlation"]) == 3
+    assert all(-1 <= x <= 1 for x in by_k["64"]["retrain_rank_correlation"])
     assert by_k["64"]["median_noise_sd"] < by_k["4"]["median_noise_sd"]
     assert by_k["4"]["rank_correlation"][0] == 1.0 and all(0 <= x <= 1 for x in by_k["4"]["filter_regret"])
 

@@ -2,11 +2,13 @@ import numpy as np
 
 from jal.diagnostics import (
     ema,
+    fall_fractions,
     filter_regret,
     labeled_by_round,
     pooled_noise_sd,
     rank_correlations,
     ranks,
+    retrain_rises,
     rise_fractions,
     spearman,
 )
@@ -41,6 +43,7 @@ def test_uniform_shrinking_gives_no_rises_and_rank_correlation_one():
     labeled = labeled_by_round(P, [0, 1], [[2 * r + 2, 2 * r + 3] for r in range(6)])
     np.testing.assert_allclose(rank_correlations(history, labeled), 1.0)
     assert (rise_fractions(history, labeled, noise_sd=0.0) == 0).all()
+    assert (fall_fractions(history, labeled, noise_sd=0.0) == 1).all()
 
 
 def test_a_planted_rise_is_found_and_noise_hides_a_small_one():
@@ -49,9 +52,24 @@ def test_a_planted_rise_is_found_and_noise_hides_a_small_one():
     labeled = labeled_by_round(P, [0], [[]] * 6)
     fractions = rise_fractions(history, labeled, noise_sd=0.01)
     np.testing.assert_allclose(fractions, [0, 0, 1 / (P - 1), 0, 0])
+    # Sample 7 stops falling with the others: one fewer fall from round 2 on.
+    falls = fall_fractions(history, labeled, noise_sd=0.0)
+    np.testing.assert_allclose(falls, [1, 1, (P - 2) / (P - 1), (P - 2) / (P - 1), (P - 2) / (P - 1)])
     # A rise within the noise does not count.
     assert (rise_fractions(history, labeled, noise_sd=1.0) == 0).all()
     assert rank_correlations(history, labeled)[3] < 1.0
+
+
+def test_retrain_rises_count_samples_a_sibling_scores_higher_beyond_noise():
+    scores = shrinking_history(rounds=2)
+    sibling = scores.copy()
+    sibling[:, 3] += 0.5  # a sibling finds samples 3 and 4 more informative
+    sibling[:, 4] += 0.5
+    sibling[:, 5] -= 0.5  # and 5 less: not a rise
+    labeled = labeled_by_round(P, [0], [[4], []])  # sample 4 is labeled by round 1
+    np.testing.assert_allclose(retrain_rises(scores, sibling, labeled, 0.01, 0.01), [2 / (P - 1), 1 / (P - 2)])
+    assert (retrain_rises(scores, sibling, labeled, 1.0, 1.0) == 0).all()  # within the noise
+    assert (retrain_rises(scores, scores, labeled, 0.0, 0.0) == 0).all()
 
 
 def test_filter_regret_counts_acquired_samples_the_filter_would_remove():
