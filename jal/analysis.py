@@ -82,9 +82,10 @@ def analyze(
     Args:
       run_dir: a finished or interrupted `jal run` directory.
       pool_images: [P, 28, 28] uint8 or [P, 28, 28, 1] float32 normalised: the run's pool.
-      pool_labels: [P] the pool's labels. When given, every re-scored round's model gets a
-        sibling trained on the same labels with other random numbers, re-scored alike: the
-        score changes that retraining alone makes, to hold the rises between rounds against.
+      pool_labels: [P] the pool's labels. When given (`jal analyze` gives them unless
+        --no-retrain), every re-scored round's model gets a sibling trained on the same
+        labels with other random numbers, re-scored alike: the score changes that
+        retraining alone makes, to hold the rises between rounds against.
       mc_samples: the K values to re-score at.
       repeats: independent re-scorings per round and K (at least 2, to measure noise).
       subset: how many pool samples to re-score (chosen at random, fixed over rounds).
@@ -107,7 +108,8 @@ def analyze(
     chosen = np.sort(rng.choice(pool_size, min(subset, pool_size), replace=False))
     images = np.asarray(pool_images)[chosen]
     subset_labeled = labeled[rounds][:, chosen]
-    key, sibling_key = jax.random.split(jax.random.key(seed))
+    # Separate roots, so that no key is both a parent and a sibling of another's stream.
+    key, initial_key, train_key, sibling_key = jax.random.split(jax.random.key(seed), 4)
 
     models = {int(r): read_model(run_dir, int(r)) for r in rounds}
     siblings = {}
@@ -117,8 +119,8 @@ def analyze(
         train_config = run_train_config(config)
         for r in models:
             progress(f"retraining round {r}")
-            train_key = jax.random.fold_in(sibling_key, r)
-            siblings[r] = fit(train_key, pool, np.asarray(pool_labels), np.flatnonzero(labeled[r]), train_config)
+            round_key = jax.random.fold_in(train_key, r)
+            siblings[r] = fit(round_key, pool, np.asarray(pool_labels), np.flatnonzero(labeled[r]), train_config)
 
     def rescore(params_by_round: dict, k: int, stream: jax.Array, name: str):
         """Mean scores [R, S] over the repeats, and the MC noise sd of that mean."""
@@ -136,6 +138,7 @@ def analyze(
         "run_dir": str(run_dir),
         "score": score_name,
         "run_mc_samples": config.get("mc_samples"),
+        "seed": seed,
         "rounds": rounds.tolist(),
         "subset_size": len(chosen),
         "repeats": repeats,
@@ -150,12 +153,14 @@ def analyze(
     }
     for k in mc_samples:
         mean, single_sd, mean_sd = rescore(models, k, key, "model")
-        initial_full = score_pool(models[0], pool_images, key=key, method=score_name, num_samples=k)
+        initial_full = score_pool(models[0], pool_images, key=initial_key, method=score_name, num_samples=k)
         entry = {
             "median_noise_sd": float(np.median(single_sd)),
             "median_score": float(np.median(mean)),
             "rise_fraction": diagnostics.rise_fractions(mean, subset_labeled, mean_sd, z).tolist(),
             "fall_fraction": diagnostics.fall_fractions(mean, subset_labeled, mean_sd, z).tolist(),
+            "rise_since_start": diagnostics.rises_since_start(mean, subset_labeled, mean_sd, z).tolist(),
+            "fall_since_start": diagnostics.rises_since_start(-mean, subset_labeled, mean_sd, z).tolist(),
             "rank_correlation": diagnostics.rank_correlations(mean, subset_labeled).tolist(),
             "filter_regret": diagnostics.filter_regret(initial_full, labeled[0], acquired, FRACTIONS).tolist(),
         }
@@ -188,6 +193,12 @@ def _mean(values, digits: int = 4) -> str:
     return f"{np.mean(values):.{digits}f}" if values else "-"
 
 
+def _since_start(entry: dict, last: int) -> str:
+    if "rise_since_start" not in entry:  # absent from older analyses
+        return "-"
+    return f"{entry['rise_since_start'][last]:.4f}, {entry['fall_since_start'][last]:.4f}"
+
+
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """The summary of `analyze`'s result: a header and one row per K, plus the recorded history."""
     last = len(result["rounds"]) - 1
@@ -199,6 +210,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
         "rises (mean, max)",
         "falls (mean)",
         "rises on retraining (mean)",
+        f"since r0 at r{result['rounds'][last]}: rises, falls",
         f"Spearman r{result['rounds'][middle]}",
         f"Spearman r{result['rounds'][last]}",
         "Spearman with sibling (mean)",
@@ -216,6 +228,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
                 f"{_mean(rises)}, {max(rises):.4f}" if rises else "-",
                 _mean(entry.get("fall_fraction")),
                 _mean(entry.get("retrain_rise_fraction")),
+                _since_start(entry, last),
                 f"{rank[middle]:.3f}",
                 f"{rank[last]:.3f}",
                 _mean(entry.get("retrain_rank_correlation"), 3),
@@ -226,7 +239,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     rows.append(
         [
             f"recorded (K={result['run_mc_samples']}, whole pool)",
-            *["-"] * 5,
+            *["-"] * 6,
             f"{recorded['rank_correlation'][result['rounds'][middle]]:.3f}",
             f"{recorded['rank_correlation'][result['rounds'][last]]:.3f}",
             "-",

@@ -85,6 +85,20 @@ def fall_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float 
     return rise_fractions(-np.asarray(history), labeled, noise_sd, z)
 
 
+def rises_since_start(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float = 2.0) -> np.ndarray:
+    """[R] the fraction of samples whose score at round r exceeds their round-0 score beyond the noise.
+
+    Between neighbouring rounds a few labels change little, so diminishing scores are hard
+    to see there; against round 0 the change accumulates. Under submodularity this stays at
+    the rate retraining alone produces (`retrain_rises`) while the falls since round 0
+    (`rises_since_start(-history, ...)`) grow. Only samples unlabeled at round r count.
+    """
+    sd = np.broadcast_to(np.asarray(noise_sd, float), history.shape)
+    rose = (history - history[0]) > z * np.sqrt(sd[0] ** 2 + sd**2)
+    unlabeled = ~labeled
+    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+
+
 def retrain_rises(scores, sibling_scores, labeled, noise_sd, sibling_noise_sd, z: float = 2.0) -> np.ndarray:
     """[R] the fraction of samples that score higher under a sibling model beyond the noise.
 

@@ -225,7 +225,7 @@ def learning_curves(run_dirs: list[Path], path: Path) -> Path:
 
 
 def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
-    """Rises beyond noise, rank correlation with round 0, and filter regret, per K (`jal analyze`)."""
+    """Rises and falls beyond noise, rank correlation with round 0, and filter regret, per K (`jal analyze`)."""
     analysis_path = run_dir / ANALYSIS
     if not analysis_path.exists():
         return None
@@ -234,14 +234,23 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
         rounds, by_k = np.asarray(analysis["rounds"]), analysis["by_mc_samples"]
     except (OSError, ValueError, KeyError) as e:
         raise JalError(f"{analysis_path}: cannot read ({e}); run jal analyze again") from e
-    fig, (rise_ax, rank_ax, regret_ax) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, (rise_ax, start_ax, rank_ax, regret_ax) = plt.subplots(1, 4, figsize=(21, 4.5))
+    # Line styles say what a curve measures; colours say which K.
+    entries = list(by_k.values())
+    styles = {rise_ax: [("-", "rose")] + [("--", "fell")] * all("fall_fraction" in e for e in entries)}
+    if all("rise_since_start" in e for e in entries):  # absent from older analyses
+        styles[start_ax] = [("-", "rose"), ("--", "fell")]
     for k, entry in by_k.items():
         (line,) = rise_ax.plot(rounds[1:], entry["rise_fraction"], label=f"K={k}")
         color = line.get_color()
         if "fall_fraction" in entry:  # absent from older analyses
             rise_ax.plot(rounds[1:], entry["fall_fraction"], "--", color=color)
+        if "rise_since_start" in entry:
+            start_ax.plot(rounds, entry["rise_since_start"], color=color, label=f"K={k}")
+            start_ax.plot(rounds, entry["fall_since_start"], "--", color=color)
         if "retrain_rise_fraction" in entry:  # with siblings only
-            rise_ax.plot(rounds, entry["retrain_rise_fraction"], "-.", color=color)
+            for ax in (rise_ax, start_ax):
+                ax.plot(rounds, entry["retrain_rise_fraction"], "-.", color=color)
             rank_ax.plot(rounds, entry["retrain_rank_correlation"], "-.", color=color)
         rank_ax.plot(rounds, entry["rank_correlation"], color=color, label=f"K={k}")
         regret_ax.plot(analysis["filter_fractions"], entry["filter_regret"], marker="o", label=f"K={k}")
@@ -250,15 +259,16 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
     regret_ax.plot(analysis["filter_fractions"], recorded["filter_regret"], "k:", marker="x", label="recorded")
     # A filter that removes at random removes the same share of what is later acquired.
     regret_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="random filter")
-    rise_ax.set(xlabel="round", ylabel="fraction of samples", title=f"Scores that moved by > {analysis['z']} noise sd")
+    moved = f"beyond {analysis['z']} noise sd"
+    rise_ax.set(xlabel="round", ylabel="fraction of samples", title=f"Scores that moved since the last round, {moved}")
+    start_ax.set(xlabel="round", ylabel="fraction of samples", title=f"Scores that moved since round 0, {moved}")
     rank_ax.set(xlabel="round", ylabel="Spearman", title="Rank correlation with round 0")
     regret_ax.set(xlabel="fraction filtered at round 0", ylabel="share of acquired", title="Regret of early filtering")
-    # Line styles say what a curve measures; colours say which K.
-    styles = {rise_ax: [("-", "rose since the last round"), ("--", "fell")]}
     if analysis.get("retrained"):
-        styles[rise_ax].append(("-.", "higher under a sibling"))
+        for ax in (rise_ax, start_ax):
+            styles.setdefault(ax, []).append(("-.", "higher under a sibling"))
         styles[rank_ax] = [("-.", "model with its sibling")]
-    for ax in (rise_ax, rank_ax, regret_ax):
+    for ax in (rise_ax, start_ax, rank_ax, regret_ax):
         handles, _ = ax.get_legend_handles_labels()
         handles += [Line2D([], [], color="grey", linestyle=ls, label=text) for ls, text in styles.get(ax, [])]
         ax.grid(alpha=0.3)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jal.analysis
 from jal.cli import main
 
 SMALL = ["--pool-size", "100", "--initial", "10", "--acquire", "5", "--iterations", "2", "--mc-samples", "4",
          "--epochs", "1", "--min-samples-per-epoch", "64", "--chunk-size", "64"]  # fmt: skip
 
 
-def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys):
+def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(out), *SMALL]) == 0
     assert "done: 3 rounds, 20 labels" in capsys.readouterr().out
@@ -36,9 +37,23 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 20_000
 
     # Diagnostics re-score the saved models: more MC samples, less noise.
-    capsys.readouterr()
     flags = ["--data-dir", str(synthetic_dir), "--mc-samples", "4", "64", "--subset", "30", "--repeats", "3"]
+    assert main(["analyze", str(out), *flags, "--no-retrain"]) == 0
+    without = json.loads((out / "analysis.json").read_text())
+    assert not without["retrained"] and "retrain_rise_fraction" not in without["by_mc_samples"]["4"]
+    # Each round's sibling is trained on exactly the labels that round's model had.
+    trained_on = []
+
+    def recording_fit(key, images, labels, kept, config):
+        trained_on.append(sorted(kept.tolist()))
+        return real_fit(key, images, labels, kept, config)
+
+    real_fit = jal.analysis.fit
+    monkeypatch.setattr(jal.analysis, "fit", recording_fit)
+    capsys.readouterr()
     assert main(["analyze", str(out), *flags]) == 0
+    first, second = (config["initial_indices"] + metrics[0]["acquired"], metrics[1]["acquired"])
+    assert trained_on == [sorted(config["initial_indices"]), sorted(first), sorted(first + second)]
     assert "| 64 |" in capsys.readouterr().out
     analysis = json.loads((out / "analysis.json").read_text())
     by_k = analysis["by_mc_samples"]

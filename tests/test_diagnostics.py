@@ -10,6 +10,7 @@ from jal.diagnostics import (
     ranks,
     retrain_rises,
     rise_fractions,
+    rises_since_start,
     spearman,
 )
 
@@ -44,6 +45,8 @@ def test_uniform_shrinking_gives_no_rises_and_rank_correlation_one():
     np.testing.assert_allclose(rank_correlations(history, labeled), 1.0)
     assert (rise_fractions(history, labeled, noise_sd=0.0) == 0).all()
     assert (fall_fractions(history, labeled, noise_sd=0.0) == 1).all()
+    np.testing.assert_allclose(rises_since_start(history, labeled, noise_sd=0.0), 0.0)
+    np.testing.assert_allclose(rises_since_start(-history, labeled, noise_sd=0.0), [0, 1, 1, 1, 1, 1])
 
 
 def test_a_planted_rise_is_found_and_noise_hides_a_small_one():
@@ -55,6 +58,8 @@ def test_a_planted_rise_is_found_and_noise_hides_a_small_one():
     # Sample 7 stops falling with the others: one fewer fall from round 2 on.
     falls = fall_fractions(history, labeled, noise_sd=0.0)
     np.testing.assert_allclose(falls, [1, 1, (P - 2) / (P - 1), (P - 2) / (P - 1), (P - 2) / (P - 1)])
+    # Against round 0 the planted rise persists: it counts at every round from 3 on.
+    np.testing.assert_allclose(rises_since_start(history, labeled, noise_sd=0.01), [0, 0, 0] + [1 / (P - 1)] * 3)
     # A rise within the noise does not count.
     assert (rise_fractions(history, labeled, noise_sd=1.0) == 0).all()
     assert rank_correlations(history, labeled)[3] < 1.0
@@ -70,6 +75,10 @@ def test_retrain_rises_count_samples_a_sibling_scores_higher_beyond_noise():
     np.testing.assert_allclose(retrain_rises(scores, sibling, labeled, 0.01, 0.01), [2 / (P - 1), 1 / (P - 2)])
     assert (retrain_rises(scores, sibling, labeled, 1.0, 1.0) == 0).all()  # within the noise
     assert (retrain_rises(scores, scores, labeled, 0.0, 0.0) == 0).all()
+    # The threshold is z * sqrt(sd^2 + sd'^2): 2 * 0.5 = 1.0 for sds 0.3 and 0.4 (their sum
+    # would give 1.4, their maximum 0.8).
+    one = labeled_by_round(2, [], [[]])
+    assert retrain_rises(np.zeros((1, 2)), np.array([[1.1, 0.9]]), one, 0.3, 0.4).tolist() == [0.5]
 
 
 def test_filter_regret_counts_acquired_samples_the_filter_would_remove():
