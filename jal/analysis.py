@@ -30,10 +30,9 @@ from jal.data import normalize
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS
 from jal.filtering import fit
-from jal.model import default_conv
 from jal.scoring import score_pool
 from jal.store import read_config, read_metrics, read_model, read_scores
-from jal.train import TrainConfig
+from jal.train import train_config_from
 
 ANALYSIS = "analysis.json"
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -49,19 +48,6 @@ def read_history(run_dir: str | os.PathLike) -> tuple[dict, list[dict], np.ndarr
         history.shape[1], config["initial_indices"], [m["acquired"] for m in metrics]
     )
     return config, metrics, history, labeled
-
-
-def run_train_config(config: dict) -> TrainConfig:
-    """The training settings a run directory records."""
-    conv = config.get("conv", "auto")
-    return TrainConfig(
-        epochs=config["epochs"],
-        batch_size=config["batch_size"],
-        learning_rate=config["lr"],
-        weight_decay=config["weight_decay"],
-        min_samples_per_epoch=config["min_samples_per_epoch"],
-        conv=default_conv() if conv == "auto" else conv,
-    )
 
 
 def analyze(
@@ -116,7 +102,7 @@ def analyze(
     if pool_labels is not None:
         pool = np.asarray(pool_images)
         pool = jnp.asarray(normalize(pool) if pool.dtype == np.uint8 else pool)
-        train_config = run_train_config(config)
+        train_config = train_config_from(config)
         for r in models:
             progress(f"retraining round {r}")
             round_key = jax.random.fold_in(train_key, r)

@@ -81,17 +81,9 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args):
-    from jal.model import default_conv
-    from jal.train import TrainConfig
+    from jal.train import train_config_from
 
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        min_samples_per_epoch=args.min_samples_per_epoch,
-        conv=default_conv() if args.conv == "auto" else args.conv,
-    )
+    return train_config_from(vars(args))
 
 
 class _Parser(argparse.ArgumentParser):

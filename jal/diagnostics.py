@@ -56,6 +56,14 @@ def rank_correlations(history: np.ndarray, labeled: np.ndarray) -> np.ndarray:
     return np.array([spearman(history[0, ~labeled[r]], history[r, ~labeled[r]]) for r in range(len(history))])
 
 
+def _share_rose(before, after, sd_before, sd_after, labeled, z: float) -> np.ndarray:
+    """[R] the share of samples unlabeled in each row with after - before > z * sqrt(sd_b^2 + sd_a^2)."""
+    threshold = z * np.sqrt(np.asarray(sd_before, float) ** 2 + np.asarray(sd_after, float) ** 2)
+    rose = (np.asarray(after) - np.asarray(before)) > threshold
+    unlabeled = ~labeled
+    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+
+
 def rise_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float = 2.0) -> np.ndarray:
     """[R-1] the fraction of samples whose score rose from round r to r+1 beyond the noise.
 
@@ -70,10 +78,7 @@ def rise_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float 
       z: how many standard deviations a rise must exceed.
     """
     sd = np.broadcast_to(np.asarray(noise_sd, float), history.shape)
-    threshold = z * np.sqrt(sd[:-1] ** 2 + sd[1:] ** 2)
-    rose = (history[1:] - history[:-1]) > threshold
-    unlabeled = ~labeled[1:]
-    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+    return _share_rose(history[:-1], history[1:], sd[:-1], sd[1:], labeled[1:], z)
 
 
 def fall_fractions(history: np.ndarray, labeled: np.ndarray, noise_sd, z: float = 2.0) -> np.ndarray:
@@ -94,9 +99,7 @@ def rises_since_start(history: np.ndarray, labeled: np.ndarray, noise_sd, z: flo
     (`rises_since_start(-history, ...)`) grow. Only samples unlabeled at round r count.
     """
     sd = np.broadcast_to(np.asarray(noise_sd, float), history.shape)
-    rose = (history - history[0]) > z * np.sqrt(sd[0] ** 2 + sd**2)
-    unlabeled = ~labeled
-    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+    return _share_rose(history[0], history, sd[0], sd, labeled, z)
 
 
 def retrain_rises(scores, sibling_scores, labeled, noise_sd, sibling_noise_sd, z: float = 2.0) -> np.ndarray:
@@ -113,10 +116,7 @@ def retrain_rises(scores, sibling_scores, labeled, noise_sd, sibling_noise_sd, z
       noise_sd, sibling_noise_sd: their MC standard deviations, broadcastable to [R, P].
       z: how many standard deviations a rise must exceed.
     """
-    threshold = z * np.sqrt(np.asarray(noise_sd, float) ** 2 + np.asarray(sibling_noise_sd, float) ** 2)
-    rose = (np.asarray(sibling_scores) - np.asarray(scores)) > threshold
-    unlabeled = ~labeled
-    return (rose & unlabeled).sum(axis=1) / np.maximum(unlabeled.sum(axis=1), 1)
+    return _share_rose(scores, sibling_scores, noise_sd, sibling_noise_sd, labeled, z)
 
 
 def pooled_noise_sd(scores: np.ndarray, variances: np.ndarray, bins: int = 20) -> np.ndarray:

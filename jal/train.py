@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jal.model import LeNet, init_params, sample_masks
+from jal.model import LeNet, default_conv, init_params, sample_masks
 
 
 class TrainConfig(NamedTuple):
@@ -26,6 +26,19 @@ class TrainConfig(NamedTuple):
     weight_decay: float = 1e-4
     min_samples_per_epoch: int = 10_000
     conv: str = "im2col"  # see `jal.model.default_conv`
+
+
+def train_config_from(settings) -> TrainConfig:
+    """The TrainConfig of `jal run` or `jal filter` settings: their parsed flags or a run's config.json."""
+    conv = settings.get("conv", "auto")
+    return TrainConfig(
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        learning_rate=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        min_samples_per_epoch=settings["min_samples_per_epoch"],
+        conv=default_conv() if conv == "auto" else conv,
+    )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
