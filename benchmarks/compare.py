@@ -5,7 +5,8 @@
 
 Measures, alternating the two implementations so that both see the same machine load:
 scoring throughput (MC forward passes per second at K=32, each implementation chunking as
-it prefers), training steps per second (batch 64), and one full active-learning iteration
+it prefers; jal once as it runs by default, with its native CPU kernel where that builds,
+and once in XLA ops only), training steps per second (batch 64), and one full active-learning iteration
 (train 3 epochs over a 10,000-sample bootstrap, score a 10,000-sample pool and the
 10,000-sample test set). Prints medians and jal/PyTorch ratios and writes JSON. First
 checks that the two give the same deterministic logits for the same weights.
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+import jal.native
 from benchmarks import torch_reference as ref
 from jal import loop
 from jal.data import load_idx_dir, make_pool, normalize
@@ -86,6 +88,7 @@ def main() -> None:
 
     pool_x, pool_y, test_x, test_y, source = load_data(size)
     print(f"data: {source}, pool {size}, test {size}; jax backend {jax.default_backend()}, torch {torch.__version__}")
+    print(f"jal's native CPU kernel: {'built' if jal.native.available() else 'not available, XLA ops only'}")
     max_diff = check_logits(pool_x[:256])
     print(f"deterministic logits, same weights: max |jal - torch| = {max_diff:.2e}")
     assert max_diff < 1e-4, "jal and the PyTorch reference disagree"
@@ -98,8 +101,8 @@ def main() -> None:
     torch_scores_x = ref.to_nchw(pool_x[:score_size])
     torch_model = ref.TorchLeNet()
 
-    def jal_score():
-        bald(mc_log_probs(params, jal_scores_x, key=key, num_samples=K)).block_until_ready()
+    def jal_score(native=True):
+        bald(mc_log_probs(params, jal_scores_x, key=key, num_samples=K, native=native)).block_until_ready()
 
     def torch_score():
         ref.bald_scores(torch_model, torch_scores_x, K)
@@ -136,6 +139,8 @@ def main() -> None:
 
     benchmarks = {
         "scoring": (jal_score, torch_score, reps, score_size * K, "MC forward passes/s"),
+        # jal's scorer in XLA ops only (what runs where the native kernel cannot be built)
+        "scoring_xla": (lambda: jal_score(native=False), torch_score, reps, score_size * K, "MC forward passes/s"),
         "training": (jal_train, torch_train, reps, steps, "steps/s"),
         "iteration": (jal_iteration, torch_iteration, iteration_reps, 1, "iterations/s"),
     }
@@ -164,6 +169,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "backend": jax.default_backend(),
+        "native_kernel": jal.native.available(),
         "versions": {**versions(), "torch": torch.__version__},
         "data": source,
         "mc_samples": K,

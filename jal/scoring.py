@@ -8,7 +8,8 @@ Two forwards compute the same function:
   is m * z with z = relu(pool(conv1(x))) shared by every MC sample. conv2 is linear in
   its input channels: conv2(m * z) = b2 + sum_c m_c * (W2[..., c, :] conv z_c). The
   per-channel partial convolutions are computed once per input; each MC sample then
-  costs one [32] x [32, 8*8*64] contraction instead of a full conv2.
+  costs one [32] x [32, 8*8*64] contraction instead of a full conv2. On CPU this conv2
+  block runs as one fused native kernel (`jal.native`) where it can be built.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jal.native
 from jal.data import normalize
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS
@@ -36,19 +38,19 @@ def mc_log_probs_direct(params, images: jax.Array, masks: DropoutMasks, *, conv:
     return jax.vmap(one_sample, in_axes=1, out_axes=1)(masks)
 
 
-def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks) -> jax.Array:
-    """The same as `mc_log_probs_direct`, computed through conv2's per-channel partials."""
-    n = images.shape[0]
-    c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
-    cin, cout = c2["kernel"].shape[2:]  # conv2's input channels are conv1's outputs
+def conv2_block_xla(z: jax.Array, kernel: jax.Array, bias: jax.Array, masks: DropoutMasks) -> jax.Array:
+    """conv2 -> max-pool -> bias -> ReLU -> conv2 mask of masked conv1 features z [N, 32, 12, 12], in XLA ops.
 
-    h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
-    z = jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)  # [N, 32, 12, 12], the same for every MC sample
+    Returns [N, K, 64 * 4 * 4] features ordered (channel, row, column); `jal.native.conv2_block`
+    computes the same in one fused CPU kernel.
+    """
+    n = z.shape[0]
+    cin, cout = kernel.shape[2:]  # conv2's input channels are conv1's outputs
     # Per-input-channel partial convolutions: a grouped conv with one group per input
     # channel, output channel c*64 + o reading input channel c. Channel-major (NCHW) is
     # measured fastest on XLA:CPU (1.7x the NHWC grouped conv, 1.2x an im2col batched
     # matmul), and it leaves each channel's partials contiguous for the contraction below.
-    grouped_kernel = c2["kernel"].transpose(2, 3, 0, 1).reshape(cin * cout, 1, KERNEL, KERNEL)
+    grouped_kernel = kernel.transpose(2, 3, 0, 1).reshape(cin * cout, 1, KERNEL, KERNEL)
     partials = jax.lax.conv_general_dilated(
         z, grouped_kernel, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=cin
     )  # [N, 32*64, 8, 8]
@@ -57,11 +59,30 @@ def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks) -> j
     pooled = h2.reshape(n, -1, cout, side // 2, 2, side // 2, 2).max(axis=(-3, -1))  # [N, K, 64, 4, 4]
     # Bias, ReLU and the conv2 mask (non-negative) all commute with max-pool, so they act
     # on the pooled features.
-    z2 = jax.nn.relu(pooled + c2["bias"][:, None, None]) * masks.conv2[..., None, None]
+    z2 = jax.nn.relu(pooled + bias[:, None, None]) * masks.conv2[..., None, None]
+    return z2.reshape(*z2.shape[:2], -1)
+
+
+def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks, *, native: bool = True) -> jax.Array:
+    """The same as `mc_log_probs_direct`, computed through conv2's per-channel partials.
+
+    With `native` (and `jal.native.available()`), the conv2 block runs as the fused native
+    kernel when the computation is compiled for the CPU, and as XLA ops elsewhere.
+    """
+    c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
+    cin, cout = c2["kernel"].shape[2:]
+    h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
+    z = jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)  # [N, 32, 12, 12], the same for every MC sample
+    conv2_args = (z, c2["kernel"], c2["bias"], masks)
+    if native and jal.native.available():
+        z2 = jax.lax.platform_dependent(*conv2_args, cpu=jal.native.conv2_block, default=conv2_block_xla)
+    else:
+        z2 = conv2_block_xla(*conv2_args)
     # fc1 reads (h, w, c)-flattened features; reorder its rows to the (c, h, w) order here.
     features = fc1["kernel"].shape[-1]
-    fc1_kernel = fc1["kernel"].reshape(side // 2, side // 2, cout, features).transpose(2, 0, 1, 3)
-    h3 = jax.nn.relu((z2.reshape(*z2.shape[:2], -1) @ fc1_kernel.reshape(-1, features) + fc1["bias"]) * masks.fc1)
+    pooled_side = 4
+    fc1_kernel = fc1["kernel"].reshape(pooled_side, pooled_side, cout, features).transpose(2, 0, 1, 3)
+    h3 = jax.nn.relu((z2 @ fc1_kernel.reshape(-1, features) + fc1["bias"]) * masks.fc1)
     return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
 
 
@@ -86,7 +107,7 @@ def map_in_chunks(fn, inputs: jax.Array, chunk_size: int) -> jax.Array:
     return from_chunks(jax.lax.map(fn, pad_to_chunks(inputs, chunk_size)), inputs.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "method", "conv", "consistent"))
+@functools.partial(jax.jit, static_argnames=("num_samples", "chunk_size", "method", "conv", "consistent", "native"))
 def mc_log_probs(
     params,
     images: jax.Array,
@@ -98,6 +119,7 @@ def mc_log_probs(
     conv: str = "im2col",
     offset: int | jax.Array = 0,
     consistent: bool = False,
+    native: bool = True,
 ) -> jax.Array:
     """MC-dropout log-probabilities of a device-resident set of images, chunk by chunk.
 
@@ -118,13 +140,15 @@ def mc_log_probs(
       conv: the convolution of the direct method (`jal.model.default_conv`).
       offset: the position of images[0] in a larger array scored piece by piece.
       consistent: the same K masks for every input (consistent MC dropout).
+      native: let the factorised method use the fused CPU kernel (`jal.native`) where it
+        is available; False computes it in XLA ops only.
 
     Returns:
       [N, K, 10] float32 log-probabilities.
     """
     chunks = pad_to_chunks(images, chunk_size)
     forward = {
-        "factorised": mc_log_probs_factorised,
+        "factorised": functools.partial(mc_log_probs_factorised, native=native),
         "direct": functools.partial(mc_log_probs_direct, conv=conv),
     }[method]
 

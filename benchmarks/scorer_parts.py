@@ -1,0 +1,93 @@
+"""Where the factorised scorer's time goes: each piece jitted alone, chunked as the scorer chunks.
+
+    .venv/bin/python -m benchmarks.scorer_parts [--inputs 2048] [--samples 32] [--chunk 32] [--reps 5]
+
+Prints the median seconds of each piece over `--inputs` random images (speed does not
+depend on the values), the pieces interleaved so that all see the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+import jal.native
+from jal.estimators import bald
+from jal.model import KERNEL, image_patches, init_params, max_pool_2x2, sample_masks
+from jal.runtime import keep_freed_memory
+from jal.scoring import conv2_block_xla, mc_log_probs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", type=int, default=2048)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    keep_freed_memory()
+    n, k, chunk = args.inputs, args.samples, args.chunk
+    params = init_params(jax.random.key(0))
+    c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
+    key = jax.random.key(1)
+    images = jax.random.normal(key, (n, 28, 28, 1))
+
+    def masks_of(positions):
+        return jax.vmap(lambda i: sample_masks(jax.random.fold_in(key, i), (k,)))(positions)
+
+    def conv1(x):
+        h1 = image_patches(x, KERNEL) @ c1["kernel"].reshape(KERNEL * KERNEL, -1) + c1["bias"]
+        return jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)
+
+    def head(features, masks):
+        h3 = jax.nn.relu((features @ fc1["kernel"] + fc1["bias"]) * masks.fc1)
+        return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
+
+    positions = jnp.arange(n)
+    masks = masks_of(positions)
+    z = conv1(images)
+    features = conv2_block_xla(z, c2["kernel"], c2["bias"], masks)
+
+    def chunked(fn):  # fn over chunks of `chunk` inputs under lax.map, as the scorer runs
+        def run(*arrays):
+            split = jax.tree.map(lambda a: a.reshape(-1, chunk, *a.shape[1:]), arrays)
+            return jax.lax.map(lambda xs: fn(*xs), split)
+
+        return jax.jit(run)
+
+    pieces = {
+        "dropout masks": (chunked(masks_of), positions),
+        "conv1, pool, ReLU": (chunked(conv1), images),
+        "conv2 block, XLA ops": (chunked(lambda z, m: conv2_block_xla(z, c2["kernel"], c2["bias"], m)), z, masks),
+        "fc1, fc2, log-softmax": (chunked(head), features, masks),
+        "BALD": (chunked(bald), head(features, masks)),
+        "whole scorer, XLA ops": (
+            jax.jit(lambda x: bald(mc_log_probs(params, x, key=key, num_samples=k, chunk_size=chunk, native=False))),
+            images,
+        ),
+    }
+    if jal.native.available():
+        block = chunked(lambda z, m: jal.native.conv2_block(z, c2["kernel"], c2["bias"], m))
+        pieces["conv2 block, native kernel"] = (block, z, masks)
+        whole = jax.jit(lambda x: bald(mc_log_probs(params, x, key=key, num_samples=k, chunk_size=chunk)))
+        pieces["whole scorer, native kernel"] = (whole, images)
+    times = {name: [] for name in pieces}
+    for fn, *inputs in pieces.values():
+        jax.block_until_ready(fn(*inputs))  # compile
+    for _ in range(args.reps):
+        for name, (fn, *inputs) in pieces.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*inputs))
+            times[name].append(time.perf_counter() - start)
+    print(f"{n} inputs, K = {k}, chunks of {chunk}, median of {args.reps}:")
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        print(f"  {name:28s} {median:6.3f} s" + (f"  ({n * k / median:,.0f} passes/s)" if "whole" in name else ""))
+
+
+if __name__ == "__main__":
+    main()
