@@ -9,13 +9,12 @@ depend on the values), the pieces interleaved so that all see the same machine l
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 import jal.native
+from benchmarks.timing import interleaved_medians
 from jal.estimators import bald
 from jal.model import KERNEL, image_patches, init_params, max_pool_2x2, sample_masks
 from jal.runtime import keep_freed_memory
@@ -75,17 +74,9 @@ def main() -> None:
         pieces["conv2 block, native kernel"] = (block, z, masks)
         whole = jax.jit(lambda x: bald(mc_log_probs(params, x, key=key, num_samples=k, chunk_size=chunk)))
         pieces["whole scorer, native kernel"] = (whole, images)
-    times = {name: [] for name in pieces}
-    for fn, *inputs in pieces.values():
-        jax.block_until_ready(fn(*inputs))  # compile
-    for _ in range(args.reps):
-        for name, (fn, *inputs) in pieces.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*inputs))
-            times[name].append(time.perf_counter() - start)
+    medians = interleaved_medians(pieces, args.reps)
     print(f"{n} inputs, K = {k}, chunks of {chunk}, median of {args.reps}:")
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
+    for name, median in medians.items():
         print(f"  {name:28s} {median:6.3f} s" + (f"  ({n * k / median:,.0f} passes/s)" if "whole" in name else ""))
 
 

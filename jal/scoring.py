@@ -74,15 +74,14 @@ def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks, *, n
     h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
     z = jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)  # [N, 32, 12, 12], the same for every MC sample
     conv2_args = (z, c2["kernel"], c2["bias"], masks)
-    if native and jal.native.available():
+    if native and z.dtype == jnp.float32 and jal.native.available():
         z2 = jax.lax.platform_dependent(*conv2_args, cpu=jal.native.conv2_block, default=conv2_block_xla)
     else:
         z2 = conv2_block_xla(*conv2_args)
     # fc1 reads (h, w, c)-flattened features; reorder its rows to the (c, h, w) order here.
     features = fc1["kernel"].shape[-1]
-    pooled_side = 4
-    fc1_kernel = fc1["kernel"].reshape(pooled_side, pooled_side, cout, features).transpose(2, 0, 1, 3)
-    h3 = jax.nn.relu((z2 @ fc1_kernel.reshape(-1, features) + fc1["bias"]) * masks.fc1)
+    fc1_kernel = fc1["kernel"].reshape(-1, cout, features).transpose(1, 0, 2).reshape(-1, features)
+    h3 = jax.nn.relu((z2 @ fc1_kernel + fc1["bias"]) * masks.fc1)
     return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
 
 

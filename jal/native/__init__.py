@@ -8,10 +8,13 @@ the conv2 mask, keeping one output channel's partials in L1, and uses the masks 
 jit like any other op.
 
 The kernel is compiled for the host CPU (`-march=native`) with the system's C++ compiler
-the first time it is needed, and cached under `$JAL_CACHE_DIR` (default
-`~/.cache/jal`), keyed by the source, the compiler, jaxlib and the CPU. Where there is no
-compiler, the build fails, or `JAL_NATIVE=0` is set, `available()` is False and the scorer
-uses XLA ops instead: the same function, slower on CPU.
+($CXX, else c++, g++ or clang++) the first time it is needed, and cached in
+`$JAL_CACHE_DIR` (default `$XDG_CACHE_HOME/jal`, else `~/.cache/jal`), keyed by the
+source, the compiler, jaxlib's FFI headers and the CPU; a failed build is remembered
+under the same key, so it is tried once. Where there is no compiler, the build fails, or
+`JAL_NATIVE=0` is set, `available()` is False and the scorer uses XLA ops instead: the
+same function, slower on CPU. The kernel computes forward values only (scoring never
+differentiates), in float32.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +39,7 @@ from jal.model import DROPOUT_RATE, KERNEL, DropoutMasks
 TARGET = "jal_mc_conv2"
 SOURCE = Path(__file__).with_name("mc_conv2.cc")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC")
+BUILD_TIMEOUT_S = 300
 
 
 def _cpu_identity() -> str:
@@ -47,22 +52,41 @@ def _cpu_identity() -> str:
 
 
 def _cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jal"
-    return Path(os.environ.get("JAL_CACHE_DIR", default))
+    if "JAL_CACHE_DIR" in os.environ:
+        return Path(os.environ["JAL_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jal"
 
 
-def _build(compiler: str) -> Path:
-    """Compiles the kernel into the cache (once per source, compiler, jaxlib and CPU); returns the library."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = "\n".join([SOURCE.read_text(), compiler, version, jax.__version__, *FLAGS, _cpu_identity()])
+def compiler() -> list[str] | None:
+    """The C++ compiler command to build with: $CXX (may carry arguments), else c++, g++ or clang++."""
+    if os.environ.get("CXX"):
+        return shlex.split(os.environ["CXX"])
+    found = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    return [found] if found else None
+
+
+def _build(command: list[str]) -> Path:
+    """Compiles the kernel into the cache, once per key; returns the library, or raises with the compiler's output."""
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, timeout=BUILD_TIMEOUT_S)
+    headers = sorted((Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api").glob("*.h"))
+    key = "\n".join(
+        [SOURCE.read_text(), *command, run([*command, "--version"]).stdout, *FLAGS, _cpu_identity()]
+        + [header.read_text() for header in headers]
+    )
     library = _cache_dir() / f"mc_conv2-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    failed = library.with_suffix(".failed")
+    if failed.exists():
+        raise RuntimeError(f"an earlier build failed (delete {failed} to retry): {failed.read_text()[-300:]}")
     if not library.exists():
         library.parent.mkdir(parents=True, exist_ok=True)
         # Build to a temporary name and rename: concurrent builds never see a partial file.
         with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
             built = Path(tmp) / library.name
-            command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)]
-            subprocess.run(command, capture_output=True, text=True, check=True)
+            try:
+                run([*command, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)])
+            except subprocess.CalledProcessError as error:
+                failed.write_text(error.stderr)
+                raise
             os.replace(built, library)
     return library
 
@@ -70,19 +94,19 @@ def _build(compiler: str) -> Path:
 @functools.cache
 def available() -> bool:
     """Whether the kernel is built and registered with XLA (building it if needed)."""
-    if os.environ.get("JAL_NATIVE", "1") == "0":
+    command = compiler()
+    if os.environ.get("JAL_NATIVE", "1") == "0" or command is None:
         return False
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if compiler is None:
-        return False
+    # Any failure (no jax.ffi in an old jax, a compiler error, a read-only cache, a
+    # missing symbol) means the XLA ops run instead, which compute the same function.
     try:
-        library = _build(compiler)
-        handler = ctypes.cdll.LoadLibrary(str(library)).JalMcConv2
-    except (OSError, AttributeError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        warnings.warn(f"jal: the native CPU kernel did not build, using XLA ops instead: {detail[-500:]}", stacklevel=2)
+        handler = ctypes.cdll.LoadLibrary(str(_build(command))).JalMcConv2
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+    except Exception as error:
+        detail = getattr(error, "stderr", None) or f"{type(error).__name__}: {error}"
+        message = f"jal: the native CPU kernel is unavailable, using XLA ops instead: {detail[-500:]}"
+        warnings.warn(message, stacklevel=2)
         return False
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
     return True
 
 
@@ -94,15 +118,19 @@ def conv2_block(z: jax.Array, kernel: jax.Array, bias: jax.Array, masks: Dropout
       kernel: conv2's [5, 5, 32, 64] kernel (HWIO); bias: its [64] bias.
       masks: dropout masks with batch [N, K], values in {0, 1 / (1 - rate)}.
 
+    All float32 (`mc_log_probs_factorised` sends other dtypes to the XLA ops).
+
     Returns:
       [N, K, 64 * 4 * 4] float32 features, ordered (channel, row, column).
     """
     assert available(), "call jal.native.available() first"
     n, k = masks.conv1.shape[:2]
     cin, cout = kernel.shape[2:]
+    pooled_side = (z.shape[-1] - KERNEL + 1) // 2
     # The kernel takes the conv1 mask as bits and folds its scale into the weights: the
     # product by 2 is exact, so this is the same arithmetic as scaling the features.
     scaled = (kernel / (1.0 - DROPOUT_RATE)).transpose(2, 3, 0, 1).reshape(cin, cout, KERNEL * KERNEL)
     bits = jnp.sum((masks.conv1 > 0).astype(jnp.uint32) << jnp.arange(cin, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
-    out = jax.ShapeDtypeStruct((n, k, cout * 16), jnp.float32)
-    return jax.ffi.ffi_call(TARGET, out)(z, scaled, bias, bits, masks.conv2)
+    out = jax.ShapeDtypeStruct((n, k, cout * pooled_side**2), jnp.float32)
+    # Under vmap, one call per element: correct, if not the fastest.
+    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(z, scaled, bias, bits, masks.conv2)
