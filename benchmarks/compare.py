@@ -165,8 +165,9 @@ def main() -> None:
             results[name][f"{impl}_per_s"] = work / medians[impl]
             if impl != "torch":
                 ratio = medians["torch"] / medians[impl]
-                results[name]["ratio" if impl == "jal" else f"ratio_{impl.removeprefix('jal_')}"] = ratio
-                label = "jal" if impl == "jal" else f"jal ({impl.removeprefix('jal_')} only)"
+                variant = impl.removeprefix("jal").removeprefix("_")  # "" for jal as it runs by default
+                results[name][f"ratio_{variant}" if variant else "ratio"] = ratio
+                label = f"jal ({variant} only)" if variant else "jal"
                 print(
                     f"{name:>9}: {label} {work / medians[impl]:10.2f} {unit}, "
                     f"torch {work / medians['torch']:10.2f}, jal/torch {ratio:.1f}x"

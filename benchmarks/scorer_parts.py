@@ -9,6 +9,7 @@ depend on the values), the pieces interleaved so that all see the same machine l
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +17,9 @@ import jax.numpy as jnp
 import jal.native
 from benchmarks.timing import interleaved_medians
 from jal.estimators import bald
-from jal.model import KERNEL, image_patches, init_params, max_pool_2x2, sample_masks
+from jal.model import init_params, sample_masks
 from jal.runtime import keep_freed_memory
-from jal.scoring import conv2_block_xla, mc_log_probs
+from jal.scoring import conv1_features, conv2_block_xla, mc_head, mc_log_probs
 
 
 def main() -> None:
@@ -31,21 +32,14 @@ def main() -> None:
     keep_freed_memory()
     n, k, chunk = args.inputs, args.samples, args.chunk
     params = init_params(jax.random.key(0))
-    c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
+    c2 = params["conv2"]
     key = jax.random.key(1)
     images = jax.random.normal(key, (n, 28, 28, 1))
 
     def masks_of(positions):
         return jax.vmap(lambda i: sample_masks(jax.random.fold_in(key, i), (k,)))(positions)
 
-    def conv1(x):
-        h1 = image_patches(x, KERNEL) @ c1["kernel"].reshape(KERNEL * KERNEL, -1) + c1["bias"]
-        return jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)
-
-    def head(features, masks):
-        h3 = jax.nn.relu((features @ fc1["kernel"] + fc1["bias"]) * masks.fc1)
-        return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
-
+    conv1, head = functools.partial(conv1_features, params), functools.partial(mc_head, params)
     positions = jnp.arange(n)
     masks = masks_of(positions)
     z = conv1(images)

@@ -63,26 +63,36 @@ def conv2_block_xla(z: jax.Array, kernel: jax.Array, bias: jax.Array, masks: Dro
     return z2.reshape(*z2.shape[:2], -1)
 
 
+def conv1_features(params, images: jax.Array) -> jax.Array:
+    """relu(pool(conv1(x))) [N, 32, 12, 12] (channel-major) of images [N, 28, 28, 1]: the same for every MC sample."""
+    c1 = params["conv1"]
+    h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(KERNEL * KERNEL, -1) + c1["bias"]  # [N, 24, 24, 32]
+    return jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)
+
+
+def mc_head(params, features: jax.Array, masks: DropoutMasks) -> jax.Array:
+    """log p(y | x, mask_k) [N, K, C] from the conv2 block's [N, K, 1024] (channel, row, column) features."""
+    fc1, fc2 = params["fc1"], params["fc2"]
+    # fc1 reads (h, w, c)-flattened features; reorder its rows to the (c, h, w) order here.
+    channels, width = params["conv2"]["kernel"].shape[-1], fc1["kernel"].shape[-1]
+    fc1_kernel = fc1["kernel"].reshape(-1, channels, width).transpose(1, 0, 2).reshape(-1, width)
+    h3 = jax.nn.relu((features @ fc1_kernel + fc1["bias"]) * masks.fc1)
+    return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
+
+
 def mc_log_probs_factorised(params, images: jax.Array, masks: DropoutMasks, *, native: bool = True) -> jax.Array:
     """The same as `mc_log_probs_direct`, computed through conv2's per-channel partials.
 
     With `native` (and `jal.native.available()`), the conv2 block runs as the fused native
     kernel when the computation is compiled for the CPU, and as XLA ops elsewhere.
     """
-    c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
-    cin, cout = c2["kernel"].shape[2:]
-    h1 = image_patches(images, KERNEL) @ c1["kernel"].reshape(-1, cin) + c1["bias"]  # [N, 24, 24, 32]
-    z = jax.nn.relu(max_pool_2x2(h1)).transpose(0, 3, 1, 2)  # [N, 32, 12, 12], the same for every MC sample
-    conv2_args = (z, c2["kernel"], c2["bias"], masks)
+    z = conv1_features(params, images)
+    conv2_args = (z, params["conv2"]["kernel"], params["conv2"]["bias"], masks)
     if native and z.dtype == jnp.float32 and jal.native.available():
-        z2 = jax.lax.platform_dependent(*conv2_args, cpu=jal.native.conv2_block, default=conv2_block_xla)
+        features = jax.lax.platform_dependent(*conv2_args, cpu=jal.native.conv2_block, default=conv2_block_xla)
     else:
-        z2 = conv2_block_xla(*conv2_args)
-    # fc1 reads (h, w, c)-flattened features; reorder its rows to the (c, h, w) order here.
-    features = fc1["kernel"].shape[-1]
-    fc1_kernel = fc1["kernel"].reshape(-1, cout, features).transpose(1, 0, 2).reshape(-1, features)
-    h3 = jax.nn.relu((z2 @ fc1_kernel + fc1["bias"]) * masks.fc1)
-    return jax.nn.log_softmax(h3 @ fc2["kernel"] + fc2["bias"])
+        features = conv2_block_xla(*conv2_args)
+    return mc_head(params, features, masks)
 
 
 def pad_to_chunks(images: jax.Array, chunk_size: int) -> jax.Array:

@@ -3,7 +3,7 @@
 XLA:CPU runs the factorised forward's two short contractions (conv2's per-channel
 partials and the mask product) at about a tenth of its large-matmul rate, because each
 writes its whole output to memory. `mc_conv2.cc` fuses them with max-pool, bias, ReLU and
-the conv2 mask, keeping one output channel's partials in L1, and uses the masks as bits
+the conv2 mask, keeping one output channel's partials in cache, and uses the masks as bits
 (subset sums instead of multiply-adds). It is called through XLA's FFI, so it runs inside
 jit like any other op.
 
@@ -68,7 +68,8 @@ def compiler() -> list[str] | None:
 def _build(command: list[str]) -> Path:
     """Compiles the kernel into the cache, once per key; returns the library, or raises with the compiler's output."""
     run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, timeout=BUILD_TIMEOUT_S)
-    headers = sorted((Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api").glob("*.h"))
+    include = Path(jax.ffi.include_dir())
+    headers = sorted((include / "xla" / "ffi" / "api").glob("*.h"))
     key = "\n".join(
         [SOURCE.read_text(), *command, run([*command, "--version"]).stdout, *FLAGS, _cpu_identity()]
         + [header.read_text() for header in headers]
@@ -83,7 +84,7 @@ def _build(command: list[str]) -> Path:
         with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
             built = Path(tmp) / library.name
             try:
-                run([*command, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)])
+                run([*command, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)])
             except subprocess.CalledProcessError as error:
                 failed.write_text(error.stderr)
                 raise
