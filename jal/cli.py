@@ -14,6 +14,7 @@ from jal.acquisition import METHODS, SAMPLINGS
 from jal.errors import JalError
 from jal.estimators import ESTIMATORS
 from jal.loop import LoopConfig
+from jal.model import CONVS
 from jal.runtime import keep_freed_memory
 
 # The reference experiment's settings that are not LoopConfig fields.
@@ -74,7 +75,7 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--min-samples-per-epoch", type=_int_at_least(1), default=defaults.min_samples_per_epoch)
     training.add_argument(
         "--conv",
-        choices=("auto", "im2col", "xla"),
+        choices=("auto", *CONVS),
         default="auto",
         help="convolution formulation for training (auto: fastest on this backend)",
     )

@@ -91,9 +91,29 @@ def im2col_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dil
     return image_patches(lhs, kh) @ rhs.reshape(kh * kw * cin, cout)
 
 
+CONVS = ("native", "im2col", "xla")  # and "auto": `default_conv()`
+
+
 def default_conv() -> str:
-    """The convolution that trains fastest on this backend (measured): im2col on CPU, XLA's elsewhere."""
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    """The convolution that trains fastest on this backend (measured).
+
+    On CPU the native conv2 kernel where it builds (`jal.native`), else im2col; XLA's
+    library convolution on GPU and TPU.
+    """
+    if jax.default_backend() != "cpu":
+        return "xla"
+    import jal.native  # jal.native imports this module
+
+    return "native" if jal.native.available() else "im2col"
+
+
+def resolve_conv(conv: str) -> str:
+    """One of `CONVS`: `conv` itself, or `default_conv()` for "auto"."""
+    if conv == "auto":
+        return default_conv()
+    if conv not in CONVS:
+        raise ValueError(f"unknown conv {conv!r}; choose auto or one of {', '.join(CONVS)}")
+    return conv
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -102,12 +122,86 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return x.reshape(*lead, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
 
 
+def _windows(x: jax.Array) -> jax.Array:
+    """[..., H, W] -> [..., H/2, 2, W/2, 2]: the 2x2 pooling windows."""
+    *lead, h, w = x.shape
+    return x.reshape(*lead, h // 2, 2, w // 2, 2)
+
+
+@jax.custom_vjp
+def max_pool_2x2_hw(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, over the last two axes [..., H, W] (H and W even).
+
+    Its gradient goes to the first maximum of each window in row-major order, as in
+    PyTorch. XLA's own gradient of a max shares it among ties, which costs a count of the
+    ties per window: measured, that reduction took a tenth of a training step on XLA:CPU.
+    """
+    return _windows(x).max(axis=(-3, -1))
+
+
+def _max_pool_forward(x):
+    pooled = max_pool_2x2_hw(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_backward(residuals, grad):
+    x, pooled = residuals
+    windows = _windows(x)
+    taken = jnp.zeros(pooled.shape, bool)
+    grads = []
+    for i in range(2):
+        for j in range(2):
+            first = (windows[..., :, i, :, j] == pooled) & ~taken
+            grads.append(jnp.where(first, grad, 0.0))
+            taken |= first
+    # [..., H/2, W/2] x (i, j) -> [..., H/2, 2, W/2, 2] -> [..., H, W]
+    rows = [jnp.stack(grads[2 * i : 2 * i + 2], axis=-1) for i in range(2)]
+    return (jnp.stack(rows, axis=-3).reshape(x.shape),)
+
+
+max_pool_2x2_hw.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def masked_conv2_xla(z: jax.Array, conv1_mask: jax.Array, kernel: jax.Array, conv2_mask: jax.Array) -> jax.Array:
+    """conv2 (no bias) of channel-major conv1 features z [32, N, 12, 12] under the conv1 mask [N, 32].
+
+    Returns [N, 64, 8, 8], zeroed on the channels the conv2 mask [N, 64] drops (they are
+    multiplied by zero after max-pool and ReLU anyway). XLA ops; `jal.native.masked_conv2`
+    computes the same on the CPU, skipping every dropped channel.
+    """
+    masked = z * conv1_mask.T[:, :, None, None]
+    out = jax.lax.conv_general_dilated(masked, kernel, (1, 1), "VALID", dimension_numbers=("CNHW", "HWIO", "NCHW"))
+    return out * (conv2_mask != 0)[:, :, None, None]
+
+
+def channel_major_logits(params, images: jax.Array, masks: DropoutMasks, conv2=masked_conv2_xla) -> jax.Array:
+    """LeNet's logits [N, 10] with dropout, laid out for training on the CPU; the same function as `LeNet`.
+
+    conv1 is one matmul [32, 25] x [25, N*24*24] whose output is channel-major over the
+    batch ([32, N, 24, 24]): its weight gradient is then a plain matmul too (XLA:CPU ran the
+    im2col layout's transposed one at 9 GFLOP/s). `conv2` is `masked_conv2_xla` or the
+    native kernel that computes the same.
+    """
+    c1, c2, fc1, fc2 = (params[name] for name in ("conv1", "conv2", "fc1", "fc2"))
+    side = images.shape[1] - KERNEL + 1
+    patches = jnp.stack([images[:, i : i + side, j : j + side, 0] for i in range(KERNEL) for j in range(KERNEL)])
+    h1 = c1["kernel"].reshape(KERNEL * KERNEL, -1).T @ patches.reshape(KERNEL * KERNEL, -1)
+    h1 = h1.reshape(-1, *patches.shape[1:]) + c1["bias"][:, None, None, None]  # [32, N, 24, 24]
+    z1 = jax.nn.relu(max_pool_2x2_hw(h1))  # its mask is applied inside conv2
+    h2 = conv2(z1, masks.conv1, c2["kernel"], masks.conv2) + c2["bias"][:, None, None]  # [N, 64, 8, 8]
+    z2 = jax.nn.relu(max_pool_2x2_hw(h2)) * masks.conv2[:, :, None, None]
+    z2 = z2.transpose(0, 2, 3, 1).reshape(z2.shape[0], -1)  # fc1 reads (h, w, c) order
+    h3 = jax.nn.relu((z2 @ fc1["kernel"] + fc1["bias"]) * masks.fc1)
+    return h3 @ fc2["kernel"] + fc2["bias"]
+
+
 class LeNet(nn.Module):
     """The reference LeNet-5. 184,586 parameters.
 
     Attributes:
-      conv: "im2col" or "xla", how the two convolutions are computed; both give the same
-        function, they differ in speed per backend (`default_conv`).
+      conv: how the two convolutions are computed (`CONVS`, or "auto"); all give the same
+        function, they differ in speed per backend (`default_conv`). "native" changes
+        training only (`jal.train.logits`); this module computes it as "im2col".
     """
 
     conv: str = "im2col"
@@ -115,7 +209,7 @@ class LeNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, masks: DropoutMasks | None = None) -> jax.Array:
         """Logits [N, 10] of images [N, 28, 28, 1]; dropout on when `masks` (batch [N]) is given."""
-        conv_fn = {"im2col": im2col_conv, "xla": None}[self.conv]
+        conv_fn = {"native": im2col_conv, "im2col": im2col_conv, "xla": None}[resolve_conv(self.conv)]
 
         def conv(features, fan_in, name):
             return nn.Conv(

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jal.model import LeNet, default_conv, init_params, sample_masks
+import jal.native
+from jal.errors import JalError
+from jal.model import LeNet, channel_major_logits, init_params, resolve_conv, sample_masks
 
 
 class TrainConfig(NamedTuple):
@@ -25,7 +27,7 @@ class TrainConfig(NamedTuple):
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
     min_samples_per_epoch: int = 10_000
-    conv: str = "im2col"  # see `jal.model.default_conv`
+    conv: str = "auto"  # "auto" or one of `jal.model.CONVS`; see `jal.model.default_conv`
 
 
 def train_config_from(settings) -> TrainConfig:
@@ -37,7 +39,7 @@ def train_config_from(settings) -> TrainConfig:
         learning_rate=settings["lr"],
         weight_decay=settings["weight_decay"],
         min_samples_per_epoch=settings["min_samples_per_epoch"],
-        conv=default_conv() if conv == "auto" else conv,
+        conv=resolve_conv(conv),
     )
 
 
@@ -53,6 +55,21 @@ def epoch_size(num_labeled: int, config: TrainConfig) -> int:
     min_samples_per_epoch, which covers every pool of up to that size.
     """
     return max(config.min_samples_per_epoch, num_labeled)
+
+
+def logits(params, images: jax.Array, masks, conv: str) -> jax.Array:
+    """Training logits [N, 10] with dropout masks (batch [N]), conv2 computed as `conv` says.
+
+    "native" runs conv2 in the native CPU kernel (`jal.native.masked_conv2`), which skips
+    the channels the masks drop; the others run `LeNet` with that convolution; "auto" picks
+    the fastest here (`jal.model.default_conv`).
+    """
+    conv = resolve_conv(conv)
+    if conv != "native":
+        return LeNet(conv=conv).apply({"params": params}, images, masks)
+    if jax.default_backend() != "cpu" or not jal.native.available():
+        raise JalError(f"conv 'native' needs the native CPU kernel ({jax.default_backend()} here); use conv 'auto'")
+    return channel_major_logits(params, images, masks, conv2=jal.native.masked_conv2)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
@@ -99,7 +116,6 @@ def train(
       The trained parameters and the mean training loss of each epoch [epochs].
     """
     init_key, boot_key, epochs_key = jax.random.split(key, 3)
-    model = LeNet(conv=config.conv)
     optimizer = make_optimizer(config)
     params = init_params(init_key)
     sample = bootstrap(boot_key, order, num_labeled, samples_per_epoch)
@@ -112,8 +128,7 @@ def train(
 
     def loss_fn(params, key, batch_images, batch_labels, batch_weights):
         masks = sample_masks(key, (batch_images.shape[0],))
-        logits = model.apply({"params": params}, batch_images, masks)
-        return weighted_cross_entropy(logits, batch_labels, batch_weights)
+        return weighted_cross_entropy(logits(params, batch_images, masks, config.conv), batch_labels, batch_weights)
 
     def train_step(carry, step_input):
         params, opt_state = carry

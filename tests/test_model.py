@@ -48,6 +48,42 @@ def test_im2col_and_xla_convs_agree(params, images):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_channel_major_layout_is_the_same_function_with_the_same_gradients(params, images):
+    masks = sample_masks(jax.random.key(5), (images.shape[0],))
+    labels = jnp.arange(images.shape[0]) % 10
+
+    def loss(p, forward):
+        logits = forward(p, images, masks)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(labels)), labels]), logits
+
+    lenet = lambda p, x, m: LeNet(conv="im2col").apply({"params": p}, x, m)  # noqa: E731
+    (loss_a, logits_a), grads_a = jax.value_and_grad(loss, has_aux=True)(params, lenet)
+    (loss_b, logits_b), grads_b = jax.value_and_grad(loss, has_aux=True)(params, model.channel_major_logits)
+    np.testing.assert_allclose(logits_a, logits_b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads_a), jax.tree_util.tree_leaves(grads_b), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+    x = jax.random.normal(jax.random.key(6), (3, 8, 6))
+    weights = jax.random.normal(jax.random.key(7), (3, 4, 3))
+    reference = lambda x: x.reshape(3, 4, 2, 3, 2).max(axis=(2, 4))  # noqa: E731, XLA's own max and gradient
+    np.testing.assert_array_equal(model.max_pool_2x2_hw(x), reference(x))
+    grad = jax.grad(lambda x: jnp.sum(model.max_pool_2x2_hw(x) * weights))(x)
+    np.testing.assert_array_equal(grad, jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))  # no ties
+    # Ties: one window all equal, one with its two bottom values equal and largest.
+    tied = jnp.zeros((1, 2, 4)).at[0, 1, 2:].set(1.0)
+    grad = jax.grad(lambda x: jnp.sum(model.max_pool_2x2_hw(x)))(tied)
+    np.testing.assert_array_equal(grad[0], [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+
+
+def test_unknown_conv_is_refused():
+    assert model.resolve_conv("im2col") == "im2col"
+    assert model.resolve_conv("auto") == model.default_conv()
+    with pytest.raises(ValueError, match="unknown conv 'fft'"):
+        model.resolve_conv("fft")
+
+
 def test_masks_drop_whole_channels_and_scale_survivors_by_two():
     masks = sample_masks(jax.random.key(3), (500,))
     assert [m.shape for m in masks] == [(500, 32), (500, 64), (500, 128)]  # one value per channel

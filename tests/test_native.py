@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jal.model
 import jal.native
-from jal.model import init_params, sample_masks
+import jal.train
+from jal.errors import JalError
+from jal.model import DropoutMasks, channel_major_logits, init_params, masked_conv2_xla, sample_masks
 from jal.scoring import conv2_block_xla, mc_log_probs, mc_log_probs_direct, mc_log_probs_factorised
 
 needs_kernel = pytest.mark.skipif(
@@ -83,10 +86,86 @@ def test_chunked_scoring_is_the_same_with_and_without_the_kernel(params):
 def test_gpu_and_tpu_code_never_calls_the_cpu_kernel(params):
     images = jnp.zeros((8, 28, 28, 1))
     score = jax.jit(lambda p, x: mc_log_probs(p, x, key=jax.random.key(0), num_samples=4, chunk_size=8))
-    allow = [jax.export.DisabledSafetyCheck.custom_call(jal.native.TARGET)]
+    allow = [jax.export.DisabledSafetyCheck.custom_call("jal_mc_conv2")]
     for platforms, calls in ((["cpu"], True), (["cuda"], False), (["tpu"], False)):
         exported = jax.export.export(score, platforms=platforms, disabled_checks=allow)(params, images)
-        assert (jal.native.TARGET in exported.mlir_module()) == calls, platforms
+        assert ("jal_mc_conv2" in exported.mlir_module()) == calls, platforms
+
+
+def masked_conv2_value_and_grads(conv2, params, z, masks, cotangent):
+    def run(z, kernel):
+        return conv2(z, masks.conv1, kernel, masks.conv2)
+
+    out, vjp = jax.vjp(run, z, params["conv2"]["kernel"])
+    return (out, *vjp(cotangent))
+
+
+def relative_error(got, want):
+    return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_inputs", [1, 7, 64])  # fewer inputs than blocks of the weight gradient, and more
+def test_native_masked_conv2_and_its_gradients_equal_xla_ops(params, num_inputs):
+    z = jax.nn.relu(jax.random.normal(jax.random.key(7), (32, num_inputs, 12, 12)))
+    masks = sample_masks(jax.random.key(8), (num_inputs,))
+    cotangent = jax.random.normal(jax.random.key(9), (num_inputs, 64, 8, 8))
+    run = jax.jit(masked_conv2_value_and_grads, static_argnums=0)
+    native = run(jal.native.masked_conv2, params, z, masks, cotangent)
+    xla = run(masked_conv2_xla, params, z, masks, cotangent)
+    for name, got, want in zip(("values", "z gradient", "kernel gradient"), native, xla, strict=True):
+        assert got.shape == want.shape, name
+        assert relative_error(got, want) <= 1e-6, name
+    values, z_grad, _ = native
+    # Channels a mask drops are exactly zero: conv2's outputs, and the gradient of its inputs.
+    assert bool(jnp.all(values.transpose(1, 0, 2, 3)[(masks.conv2 == 0).T] == 0))
+    assert bool(jnp.all(z_grad[(masks.conv1 == 0).T] == 0)) and bool(jnp.any(z_grad != 0))
+
+
+@needs_kernel
+def test_native_masked_conv2_with_every_channel_kept_or_dropped_and_any_mask_scale(params):
+    z = jax.nn.relu(jax.random.normal(jax.random.key(10), (32, 3, 12, 12)))
+    # Sample 0 keeps everything (scaled by 1.5), sample 1 drops every conv1 channel,
+    # sample 2 every conv2 channel.
+    conv1 = jnp.array([1.5, 0.0, 2.0])[:, None] * jnp.ones((3, 32))
+    conv2 = jnp.array([0.7, 2.0, 0.0])[:, None] * jnp.ones((3, 64))
+    masks = DropoutMasks(conv1, conv2, jnp.ones((3, 128)))
+    cotangent = jax.random.normal(jax.random.key(11), (3, 64, 8, 8))
+    native = masked_conv2_value_and_grads(jal.native.masked_conv2, params, z, masks, cotangent)
+    xla = masked_conv2_value_and_grads(masked_conv2_xla, params, z, masks, cotangent)
+    for got, want in zip(native, xla, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    values, z_grad, _ = native
+    assert bool(jnp.all(values[1:] == 0)) and bool(jnp.all(z_grad[:, 1:] == 0))
+
+
+@needs_kernel
+def test_training_logits_and_gradients_are_the_same_with_the_native_conv2(params):
+    images = jax.random.normal(jax.random.key(12), (16, 28, 28, 1))
+    masks = sample_masks(jax.random.key(13), (16,))
+    labels = jnp.arange(16) % 10
+
+    def loss(p, conv):
+        logits = jal.train.logits(p, images, masks, conv)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), labels]), logits
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    (native, native_logits), (im2col, im2col_logits) = grad(params, "native"), grad(params, "im2col")
+    assert relative_error(native_logits, im2col_logits) <= 1e-6
+    for layer in params:
+        for name in params[layer]:
+            assert relative_error(native[layer][name], im2col[layer][name]) <= 1e-5, (layer, name)
+    # channel_major_logits with XLA's masked conv2 is the same function again.
+    np.testing.assert_allclose(channel_major_logits(params, images, masks), im2col_logits, rtol=1e-5, atol=1e-4)
+
+
+def test_without_the_kernel_training_falls_back_to_im2col_and_refuses_native(monkeypatch, params):
+    monkeypatch.setattr(jal.native, "available", lambda: False)
+    images, masks = jnp.zeros((2, 28, 28, 1)), sample_masks(jax.random.key(14), (2,))
+    assert jal.model.default_conv() in ("im2col", "xla")
+    assert jal.train.logits(params, images, masks, "auto").shape == (2, 10)
+    with pytest.raises(JalError, match="conv 'native' needs the native CPU kernel"):
+        jal.train.logits(params, images, masks, "native")
 
 
 @pytest.mark.parametrize("compiler", ["false", "true"])  # fails; "succeeds" without building anything

@@ -1,20 +1,27 @@
-"""A native CPU kernel for the factorised scorer's conv2 block, built on first use.
+"""Native CPU kernels for LeNet's conv2, built on first use.
+
+Two kernels, one library:
+
+* `conv2_block` (`mc_conv2.cc`): the factorised scorer's conv2 block under K MC-dropout
+  masks, forward only.
+* `masked_conv2` (`masked_conv2.cc`): conv2 in training under its two dropout masks, with
+  its gradient, computing only the channels the masks keep (about a quarter of the
+  multiply-adds).
 
 XLA:CPU runs the factorised forward's two short contractions (conv2's per-channel
 partials and the mask product) at about a tenth of its large-matmul rate, because each
 writes its whole output to memory. `mc_conv2.cc` fuses them with max-pool, bias, ReLU and
 the conv2 mask, keeping one output channel's partials in cache, and uses the masks as bits
-(subset sums instead of multiply-adds). It is called through XLA's FFI, so it runs inside
-jit like any other op.
+(subset sums instead of multiply-adds). Both are called through XLA's FFI, so they run
+inside jit like any other op.
 
-The kernel is compiled for the host CPU (`-march=native`) with the system's C++ compiler
+The library is compiled for the host CPU (`-march=native`) with the system's C++ compiler
 ($CXX, else c++, g++ or clang++) the first time it is needed, and cached in
 `$JAL_CACHE_DIR` (default `$XDG_CACHE_HOME/jal`, else `~/.cache/jal`), keyed by the
 source, the compiler, jaxlib's FFI headers and the CPU; a failed build is remembered
 under the same key, so it is tried once. Where there is no compiler, the build fails, or
-`JAL_NATIVE=0` is set, `available()` is False and the scorer uses XLA ops instead: the
-same function, slower on CPU. The kernel computes forward values only (scoring never
-differentiates), in float32.
+`JAL_NATIVE=0` is set, `available()` is False and the scorer and training use XLA ops
+instead: the same functions, slower on CPU. float32 only.
 """
 
 from __future__ import annotations
@@ -36,8 +43,13 @@ import jax.numpy as jnp
 
 from jal.model import DROPOUT_RATE, KERNEL, DropoutMasks
 
-TARGET = "jal_mc_conv2"
-SOURCE = Path(__file__).with_name("mc_conv2.cc")
+TARGETS = {  # XLA custom-call name: the library's handler symbol
+    "jal_mc_conv2": "JalMcConv2",
+    "jal_masked_conv2": "JalMaskedConv2",
+    "jal_masked_conv2_grad": "JalMaskedConv2Grad",
+}
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("mc_conv2.cc", "masked_conv2.cc"))
+HEADER = Path(__file__).with_name("common.h")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 300
 
@@ -66,15 +78,13 @@ def compiler() -> list[str] | None:
 
 
 def _build(command: list[str]) -> Path:
-    """Compiles the kernel into the cache, once per key; returns the library, or raises with the compiler's output."""
+    """Compiles the kernels into the cache, once per key; returns the library, or raises with the compiler's output."""
     run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, timeout=BUILD_TIMEOUT_S)
     include = Path(jax.ffi.include_dir())
     headers = sorted((include / "xla" / "ffi" / "api").glob("*.h"))
-    key = "\n".join(
-        [SOURCE.read_text(), *command, run([*command, "--version"]).stdout, *FLAGS, _cpu_identity()]
-        + [header.read_text() for header in headers]
-    )
-    library = _cache_dir() / f"mc_conv2-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    sources = [path.read_text() for path in (*SOURCES, HEADER, *headers)]
+    key = "\n".join([*sources, *command, run([*command, "--version"]).stdout, *FLAGS, _cpu_identity()])
+    library = _cache_dir() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     failed = library.with_suffix(".failed")
     if failed.exists():
         raise RuntimeError(f"an earlier build failed (delete {failed} to retry): {failed.read_text()[-300:]}")
@@ -84,7 +94,7 @@ def _build(command: list[str]) -> Path:
         with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
             built = Path(tmp) / library.name
             try:
-                run([*command, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(built)])
+                run([*command, *FLAGS, f"-I{include}", *map(str, SOURCES), "-o", str(built)])
             except subprocess.CalledProcessError as error:
                 failed.write_text(error.stderr)
                 raise
@@ -94,18 +104,19 @@ def _build(command: list[str]) -> Path:
 
 @functools.cache
 def available() -> bool:
-    """Whether the kernel is built and registered with XLA (building it if needed)."""
+    """Whether the kernels are built and registered with XLA (building them if needed)."""
     command = compiler()
     if os.environ.get("JAL_NATIVE", "1") == "0" or command is None:
         return False
     # Any failure (no jax.ffi in an old jax, a compiler error, a read-only cache, a
     # missing symbol) means the XLA ops run instead, which compute the same function.
     try:
-        handler = ctypes.cdll.LoadLibrary(str(_build(command))).JalMcConv2
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+        library = ctypes.cdll.LoadLibrary(str(_build(command)))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     except Exception as error:
         detail = getattr(error, "stderr", None) or f"{type(error).__name__}: {error}"
-        message = f"jal: the native CPU kernel is unavailable, using XLA ops instead: {detail[-500:]}"
+        message = f"jal: the native CPU kernels are unavailable, using XLA ops instead: {detail[-500:]}"
         warnings.warn(message, stacklevel=2)
         return False
     return True
@@ -134,4 +145,49 @@ def conv2_block(z: jax.Array, kernel: jax.Array, bias: jax.Array, masks: Dropout
     bits = jnp.sum((masks.conv1 > 0).astype(jnp.uint32) << jnp.arange(cin, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
     out = jax.ShapeDtypeStruct((n, k, cout * pooled_side**2), jnp.float32)
     # Under vmap, one call per element: correct, if not the fastest.
-    return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(z, scaled, bias, bits, masks.conv2)
+    return jax.ffi.ffi_call("jal_mc_conv2", out, vmap_method="sequential")(z, scaled, bias, bits, masks.conv2)
+
+
+def _oihw_taps(kernel: jax.Array) -> jax.Array:
+    """[5, 5, 32, 64] HWIO -> [64, 32, 25]: each (output, input) pair's taps contiguous."""
+    return kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], kernel.shape[2], -1)
+
+
+@jax.custom_vjp
+def masked_conv2(z: jax.Array, conv1_mask: jax.Array, kernel: jax.Array, conv2_mask: jax.Array) -> jax.Array:
+    """conv2 (no bias) of the masked conv1 features, on the output channels the conv2 mask keeps.
+
+    Computes `jal.model.masked_conv2_xla`, skipping every channel a mask drops. CPU only.
+
+    Args:
+      z: [32, N, 12, 12] conv1's pooled, rectified output, channel-major over the batch.
+      conv1_mask: [N, 32] its dropout mask; conv2_mask: [N, 64] conv2's.
+      kernel: conv2's [5, 5, 32, 64] kernel (HWIO).
+
+    Returns:
+      [N, 64, 8, 8] float32; zero on the channels conv2_mask drops. Differentiable in z and
+      kernel (the masks get zero cotangents).
+    """
+    assert available(), "call jal.native.available() first"
+    out = jax.ShapeDtypeStruct((z.shape[1], kernel.shape[3], z.shape[2] - KERNEL + 1, z.shape[3] - KERNEL + 1), z.dtype)
+    call = jax.ffi.ffi_call("jal_masked_conv2", out, vmap_method="sequential")
+    return call(z, conv1_mask, _oihw_taps(kernel), conv2_mask)
+
+
+def _masked_conv2_forward(z, conv1_mask, kernel, conv2_mask):
+    return masked_conv2(z, conv1_mask, kernel, conv2_mask), (z, conv1_mask, kernel, conv2_mask)
+
+
+def _masked_conv2_backward(residuals, grad):
+    z, conv1_mask, kernel, conv2_mask = residuals
+    cin, cout = kernel.shape[2:]
+    taps_by_input = kernel.reshape(-1, cin, cout).transpose(1, 0, 2)  # [32, 25, 64] for the input gradient
+    outs = (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct((cout, cin, KERNEL * KERNEL), z.dtype))
+    z_grad, taps_grad = jax.ffi.ffi_call("jal_masked_conv2_grad", outs, vmap_method="sequential")(
+        z, conv1_mask, _oihw_taps(kernel), taps_by_input, conv2_mask, grad
+    )
+    kernel_grad = taps_grad.reshape(cout, cin, KERNEL, KERNEL).transpose(2, 3, 1, 0)
+    return z_grad, jnp.zeros_like(conv1_mask), kernel_grad, jnp.zeros_like(conv2_mask)
+
+
+masked_conv2.defvjp(_masked_conv2_forward, _masked_conv2_backward)
