@@ -94,6 +94,7 @@ def main() -> None:
     assert max_diff < 1e-4, "jal and the PyTorch reference disagree"
 
     config = TrainConfig(conv=default_conv())
+    print(f"jal trains with {config.conv} convolutions")
     key = jax.random.key(0)
     params = init_params(key)
     jal_pool = jnp.asarray(pool_x)
@@ -178,6 +179,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "backend": jax.default_backend(),
         "native_kernel": jal.native.available(),
+        "training_conv": config.conv,
         "versions": {**versions(), "torch": torch.__version__},
         "data": source,
         "mc_samples": K,
