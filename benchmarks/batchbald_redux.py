@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from batchbald_redux.batchbald import get_batchbald_batch  # noqa: E402
 
-from jal.batchbald import batchbald  # noqa: E402
+from jal.acquire.batchbald import batchbald  # noqa: E402
 from jal.store import versions  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def compare(name, lp, b, m, repeats, *, float32_too: bool = True):
     key = jax.random.key(0)
 
     def ours(x):
-        return lambda: np.asarray(batchbald(x, b, key=key, num_samples=m)[0]).tolist()
+        return lambda: np.asarray(batchbald(x, b, key=key, joint_samples=m)[0]).tolist()
 
     def theirs():
         return get_batchbald_batch(lp_torch, b, m, dtype=torch.double).indices
@@ -115,8 +115,8 @@ def main() -> None:
         compare("sampled", lp[:1_000], 10, 10_000, 1, float32_too=False),
     ]
     lp32 = jnp.asarray(lp, jnp.float32)
-    first, _ = timed(lambda: batchbald(lp32, 100, key=jax.random.key(0), num_samples=10_000)[0].block_until_ready())
-    again, _ = timed(lambda: batchbald(lp32, 100, key=jax.random.key(1), num_samples=10_000)[0].block_until_ready())
+    first, _ = timed(lambda: batchbald(lp32, 100, key=jax.random.key(0), joint_samples=10_000)[0].block_until_ready())
+    again, _ = timed(lambda: batchbald(lp32, 100, key=jax.random.key(1), joint_samples=10_000)[0].block_until_ready())
     large = {"case": "jal only, b=100", "batch_size": 100, "num_samples": 10_000, "seconds": again, "first": first}
 
     print(

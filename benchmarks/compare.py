@@ -5,8 +5,10 @@
 
 Measures, alternating the two implementations so that both see the same machine load:
 scoring throughput (MC forward passes per second at K=32, each implementation chunking as
-it prefers; jal once as it runs by default, with its native CPU kernel where that builds,
-and once in XLA ops only), training steps per second (batch 64), and one full active-learning iteration
+it prefers; jal once as it runs by default, `LeNet5()` with its native CPU kernel where
+that builds, and once in XLA ops only, `LeNet5(scorer="factorised_xla")`), training steps
+per second (batch 64; jal trains `LeNet5(conv=default_conv(native=True))`, with the native
+training kernel where it builds), and one full active-learning iteration
 (train 3 epochs over a 10,000-sample bootstrap, score a 10,000-sample pool and the
 10,000-sample test set). Prints medians and jal/PyTorch ratios and writes JSON. First
 checks that the two give the same deterministic logits for the same weights.
@@ -31,9 +33,11 @@ import torch
 import jal.native
 from benchmarks import torch_reference as ref
 from jal import loop
-from jal.data import load_idx_dir, make_pool, normalize
-from jal.estimators import bald
-from jal.model import LeNet, default_conv, init_params, params_from_torch
+from jal.acquire.estimators import bald
+from jal.data import make_pool
+from jal.data.mnist import load_idx_dir
+from jal.models.convs import default_conv
+from jal.models.lenet5 import LeNet, LeNet5, init_params, params_from_torch
 from jal.runtime import keep_freed_memory
 from jal.scoring import mc_log_probs
 from jal.store import versions
@@ -52,12 +56,12 @@ def load_data(size: int):
     """Pool and test images and labels: real MNIST from $JAL_MNIST_DIR, else random (speed is the same)."""
     if os.environ.get("JAL_MNIST_DIR"):
         mnist = load_idx_dir(os.environ["JAL_MNIST_DIR"])
-        pool = make_pool(len(mnist.train_images), size)
+        pool = make_pool(len(mnist.x_train), size)
         return (
-            normalize(mnist.train_images[pool]),
-            mnist.train_labels[pool].astype(np.int64),
-            normalize(mnist.test_images[:size]),
-            mnist.test_labels[:size].astype(np.int64),
+            mnist.normalization.apply(mnist.x_train[pool]),
+            mnist.y_train[pool].astype(np.int64),
+            mnist.normalization.apply(mnist.x_test[:size]),
+            mnist.y_test[:size].astype(np.int64),
             "MNIST",
         )
     rng = np.random.default_rng(0)
@@ -93,8 +97,12 @@ def main() -> None:
     print(f"deterministic logits, same weights: max |jal - torch| = {max_diff:.2e}")
     assert max_diff < 1e-4, "jal and the PyTorch reference disagree"
 
-    config = TrainConfig(conv=default_conv())
-    print(f"jal trains with {config.conv} convolutions")
+    # Training's convolution is the model's setting: the native kernel where it builds
+    # (what LeNet5's conv "auto" picks on the CPU), else im2col; XLA's on GPU and TPU.
+    training_conv = default_conv(native=True)
+    model = LeNet5(conv=training_conv)
+    config = TrainConfig()
+    print(f"jal trains with {training_conv} convolutions")
     key = jax.random.key(0)
     params = init_params(key)
     jal_pool = jnp.asarray(pool_x)
@@ -102,8 +110,9 @@ def main() -> None:
     torch_scores_x = ref.to_nchw(pool_x[:score_size])
     torch_model = ref.TorchLeNet()
 
-    def jal_score(native=True):
-        bald(mc_log_probs(params, jal_scores_x, key=key, num_samples=K, native=native)).block_until_ready()
+    def jal_score(scorer="factorised"):
+        scored = mc_log_probs(LeNet5(scorer=scorer), params, jal_scores_x, key=key, mc_samples=K)
+        bald(scored).block_until_ready()
 
     def torch_score():
         ref.bald_scores(torch_model, torch_scores_x, K)
@@ -115,7 +124,7 @@ def main() -> None:
 
     def jal_train():
         jax.block_until_ready(
-            train(key, jal_pool, labels, order, jnp.int32(60), config=one_epoch, samples_per_epoch=10_000)
+            train(key, model, jal_pool, labels, order, jnp.int32(60), config=one_epoch, samples_per_epoch=10_000)
         )
 
     torch_pool, torch_labels = ref.to_nchw(pool_x), torch.from_numpy(pool_y)
@@ -124,7 +133,7 @@ def main() -> None:
         ref.train(ref.TorchLeNet(), torch_pool[:60], torch_labels[:60], epochs=1)
 
     data = loop.Data(jal_pool, jnp.asarray(test_x), jnp.asarray(test_y, jnp.int32))
-    loop_config = loop.LoopConfig(train=config)
+    loop_config = loop.LoopConfig(model=model, train=config)
     state = loop.init(key, size, np.arange(60), pool_y[:60])
 
     def jal_iteration():
@@ -143,7 +152,7 @@ def main() -> None:
     # that both of jal's ratios share the reference's times.
     benchmarks = {
         "scoring": (
-            {"jal": jal_score, "jal_xla": lambda: jal_score(native=False), "torch": torch_score},
+            {"jal": jal_score, "jal_xla": lambda: jal_score("factorised_xla"), "torch": torch_score},
             reps,
             score_size * K,
             "MC forward passes/s",
@@ -179,7 +188,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "backend": jax.default_backend(),
         "native_kernel": jal.native.available(),
-        "training_conv": config.conv,
+        "training_conv": training_conv,
         "versions": {**versions(), "torch": torch.__version__},
         "data": source,
         "mc_samples": K,

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 
 import jal.native
 from benchmarks.timing import interleaved_medians
-from jal.estimators import bald
-from jal.model import init_params, sample_masks
+from jal.acquire.estimators import bald
+from jal.models.lenet5 import DROPOUT_RATE, LeNet5, conv1_features, conv2_block_xla, init_params, mc_head, sample_masks
 from jal.runtime import keep_freed_memory
-from jal.scoring import conv1_features, conv2_block_xla, mc_head, mc_log_probs
+from jal.scoring import mc_log_probs
 
 
 def main() -> None:
@@ -52,22 +52,23 @@ def main() -> None:
 
         return jax.jit(run)
 
+    def whole(model):  # the scorer as `jal.scoring` runs it, the model's MC form chunked
+        return jax.jit(lambda x: bald(mc_log_probs(model, params, x, key=key, mc_samples=k, chunk_size=chunk)))
+
     pieces = {
         "dropout masks": (chunked(masks_of), positions),
         "conv1, pool, ReLU": (chunked(conv1), images),
         "conv2 block, XLA ops": (chunked(lambda z, m: conv2_block_xla(z, c2["kernel"], c2["bias"], m)), z, masks),
         "fc1, fc2, log-softmax": (chunked(head), features, masks),
         "BALD": (chunked(bald), head(features, masks)),
-        "whole scorer, XLA ops": (
-            jax.jit(lambda x: bald(mc_log_probs(params, x, key=key, num_samples=k, chunk_size=chunk, native=False))),
-            images,
-        ),
+        "whole scorer, XLA ops": (whole(LeNet5(scorer="factorised_xla")), images),
     }
     if jal.native.available():
-        block = chunked(lambda z, m: jal.native.conv2_block(z, c2["kernel"], c2["bias"], m))
+        block = chunked(
+            lambda z, m: jal.native.conv2_block(z, c2["kernel"], c2["bias"], m.conv1, m.conv2, rate=DROPOUT_RATE)
+        )
         pieces["conv2 block, native kernel"] = (block, z, masks)
-        whole = jax.jit(lambda x: bald(mc_log_probs(params, x, key=key, num_samples=k, chunk_size=chunk)))
-        pieces["whole scorer, native kernel"] = (whole, images)
+        pieces["whole scorer, native kernel"] = (whole(LeNet5(scorer="factorised")), images)
     medians = interleaved_medians(pieces, args.reps)
     print(f"{n} inputs, K = {k}, chunks of {chunk}, median of {args.reps}:")
     for name, median in medians.items():

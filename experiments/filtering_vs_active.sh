@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Active learning against data filtering on real MNIST, and the submodularity diagnostics.
+# Active learning against data filtering on real MNIST with LeNet-5, and the submodularity
+# diagnostics.
 #
 #   JAL_MNIST_DIR=/path/to/mnist bash experiments/filtering_vs_active.sh [OUT_DIR]
 #
@@ -17,16 +18,25 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${1:-runs/filtering_vs_active}"
 jal="$root/bin/jal"
-if ! { [ -f "$out/filter/filtering.jsonl" ] && [ "$(wc -l <"$out/filter/filtering.jsonl")" -eq 11 ]; }; then
+# finished DIR LINES FILE: DIR holds all LINES lines of FILE, written by this jal (its config.json
+# has a "record"). This jal cannot read an older jal's results: the script stops at one.
+finished() {
+  [ -f "$1/$3" ] && [ "$(wc -l <"$1/$3")" -eq "$2" ] || return 1
+  grep -q '"record"' "$1/config.json" && return 0
+  echo "$1: written by an older jal, which this one cannot read; move it away to run it again" >&2
+  exit 1
+}
+if ! finished "$out/filter" 11 filtering.jsonl; then
   rm -rf "$out/filter"
-  "$jal" filter --out "$out/filter"
+  "$jal" filter --model lenet5 --out "$out/filter"
 fi
 for acquisition in bald random; do
   for fraction in 0 0.5; do
     run="$out/$acquisition-filtered$fraction"
-    [ -f "$run/metrics.jsonl" ] && [ "$(wc -l <"$run/metrics.jsonl")" -eq 21 ] && continue
+    finished "$run" 21 metrics.jsonl && continue
     rm -rf "$run"
-    "$jal" run --acquisition "$acquisition" --acquire 10 --iterations 20 --filter-fraction "$fraction" --out "$run"
+    "$jal" run --model lenet5 --acquisition "$acquisition" --acquire 10 --iterations 20 \
+      --filter-fraction "$fraction" --out "$run"
   done
 done
 reference_dir="${REFERENCE:-runs/reference}"

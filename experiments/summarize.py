@@ -21,9 +21,9 @@ def main(run_dirs: list[str]) -> None:
         curve = " ".join(f"{m['test_accuracy']:.3f}" for m in metrics)
         later = [m["seconds"] for m in metrics[1:]] or [metrics[0]["seconds"]]
         total = sum(m["seconds"] for m in metrics)
-        last = metrics[-1]
+        last, acquisition = metrics[-1], config["loop"]["acquisition"]
         print(
-            f"| {Path(run_dir).name} | {config['acquisition']} | {last['num_labeled']} | {last['test_accuracy']:.4f} "
+            f"| {Path(run_dir).name} | {acquisition} | {last['num_labeled']} | {last['test_accuracy']:.4f} "
             f"| {curve} | {median(later):.1f} | {total:.0f} |"
         )
 

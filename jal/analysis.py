@@ -17,44 +17,33 @@ retraining alone unsettles the ranking.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jal import diagnostics
-from jal.data import normalize
+from jal import diagnostics, store
+from jal.acquire.estimators import ESTIMATORS
+from jal.data import Normalization
 from jal.errors import JalError
-from jal.estimators import ESTIMATORS
 from jal.filtering import fit
+from jal.models import Model
 from jal.scoring import score_pool
-from jal.store import read_config, read_metrics, read_model, read_scores
-from jal.train import train_config_from
+from jal.train import TrainConfig
 
-ANALYSIS = "analysis.json"
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-def read_history(run_dir: str | os.PathLike) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:
-    """A run's config, its finished rounds' metrics, their pool scores [R, P] and labeled masks [R, P]."""
-    config, metrics = read_config(run_dir), read_metrics(run_dir)
-    if not metrics:
-        raise JalError(f"{run_dir}: no finished round yet")
-    history = np.asarray(read_scores(run_dir, "pool"))[: len(metrics)]
-    labeled = diagnostics.labeled_by_round(
-        history.shape[1], config["initial_indices"], [m["acquired"] for m in metrics]
-    )
-    return config, metrics, history, labeled
 
 
 def analyze(
     run_dir: str | os.PathLike,
-    pool_images: np.ndarray,
+    model: Model,
+    pool_inputs,
     *,
+    normalization: Normalization,
     pool_labels: np.ndarray | None = None,
+    train_config: TrainConfig | None = None,
     mc_samples: tuple[int, ...] = (32, 128),
     repeats: int = 2,
     subset: int = 1000,
@@ -67,11 +56,14 @@ def analyze(
 
     Args:
       run_dir: a finished or interrupted `jal run` directory.
-      pool_images: [P, 28, 28] uint8 or [P, 28, 28, 1] float32 normalised: the run's pool.
+      model: the run's model (`jal.models`).
+      pool_inputs: [P, *input_shape] the run's pool, raw (host array or memmap).
+      normalization: the dataset's (`jal.data.Dataset.normalization`).
       pool_labels: [P] the pool's labels. When given (`jal analyze` gives them unless
         --no-retrain), every re-scored round's model gets a sibling trained on the same
         labels with other random numbers, re-scored alike: the score changes that
         retraining alone makes, to hold the rises between rounds against.
+      train_config: the run's training settings, for the siblings (default: `TrainConfig()`).
       mc_samples: the K values to re-score at.
       repeats: independent re-scorings per round and K (at least 2, to measure noise).
       subset: how many pool samples to re-score (chosen at random, fixed over rounds).
@@ -80,33 +72,34 @@ def analyze(
       seed: of the subset, the dropout keys and the siblings' training.
     """
     if repeats < 2 or subset < 2 or every < 1 or not mc_samples or min(mc_samples) < 1:
-        raise JalError("--repeats and --subset must be at least 2, --every and each K at least 1")
-    config, metrics, history, labeled = read_history(run_dir)
-    score_name = config.get("score_name", config.get("acquisition"))
+        raise JalError("`repeats` and `subset` must be at least 2, `every` and each K at least 1")
+    config, metrics, history, labeled = store.read_history(run_dir)
+    score_name = config["record"]["score_name"]
     if score_name not in ESTIMATORS:
         raise JalError(f"{run_dir}: its {score_name!r} scores cannot be recomputed one sample at a time")
     pool_size = history.shape[1]
-    if len(pool_images) != pool_size or (pool_labels is not None and len(pool_labels) != pool_size):
-        raise JalError(f"{len(pool_images)} pool images for a run over {pool_size}; is this the run's data?")
+    if len(pool_inputs) != pool_size or (pool_labels is not None and len(pool_labels) != pool_size):
+        raise JalError(f"{len(pool_inputs)} pool inputs for a run over {pool_size}; is this the run's data?")
     acquired = np.concatenate([np.asarray(m["acquired"], int) for m in metrics])
     rounds = np.arange(0, len(metrics), every)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(pool_size, min(subset, pool_size), replace=False))
-    images = np.asarray(pool_images)[chosen]
+    inputs = np.asarray(pool_inputs[chosen])
     subset_labeled = labeled[rounds][:, chosen]
     # Separate roots, so that no key is both a parent and a sibling of another's stream.
     key, initial_key, train_key, sibling_key = jax.random.split(jax.random.key(seed), 4)
+    score = functools.partial(score_pool, model, estimator=score_name, normalization=normalization)
 
-    models = {int(r): read_model(run_dir, int(r)) for r in rounds}
+    template = model.init(jax.random.key(0))
+    models = {int(r): store.read_model(run_dir, int(r), template) for r in rounds}
     siblings = {}
     if pool_labels is not None:
-        pool = np.asarray(pool_images)
-        pool = jnp.asarray(normalize(pool) if pool.dtype == np.uint8 else pool)
-        train_config = train_config_from(config)
+        pool = jnp.asarray(normalization.apply(np.asarray(pool_inputs)))
         for r in models:
             progress(f"retraining round {r}")
             round_key = jax.random.fold_in(train_key, r)
-            siblings[r] = fit(round_key, pool, np.asarray(pool_labels), np.flatnonzero(labeled[r]), train_config)
+            kept = np.flatnonzero(labeled[r])
+            siblings[r] = fit(round_key, model, pool, np.asarray(pool_labels), kept, train_config or TrainConfig())
 
     def rescore(params_by_round: dict, k: int, stream: jax.Array, name: str):
         """Mean scores [R, S] over the repeats, and the MC noise sd of that mean."""
@@ -115,7 +108,7 @@ def analyze(
             progress(f"K={k}: {name} round {r}")
             for j in range(repeats):
                 round_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(stream, k), r), j)
-                rescored[i, j] = score_pool(params, images, key=round_key, method=score_name, num_samples=k)
+                rescored[i, j] = score(params, inputs, key=round_key, mc_samples=k)
         mean = rescored.mean(axis=1)
         single_sd = diagnostics.pooled_noise_sd(mean, rescored.var(axis=1, ddof=1))  # of one score estimate
         return mean, single_sd, single_sd / np.sqrt(repeats)
@@ -123,7 +116,7 @@ def analyze(
     result = {
         "run_dir": str(run_dir),
         "score": score_name,
-        "run_mc_samples": config.get("mc_samples"),
+        "run_mc_samples": config["loop"]["mc_samples"],
         "seed": seed,
         "rounds": rounds.tolist(),
         "subset_size": len(chosen),
@@ -139,7 +132,7 @@ def analyze(
     }
     for k in mc_samples:
         mean, single_sd, mean_sd = rescore(models, k, key, "model")
-        initial_full = score_pool(models[0], pool_images, key=initial_key, method=score_name, num_samples=k)
+        initial_full = score(models[0], pool_inputs, key=initial_key, mc_samples=k)
         entry = {
             "median_noise_sd": float(np.median(single_sd)),
             "median_score": float(np.median(mean)),
@@ -159,7 +152,7 @@ def analyze(
                 diagnostics.spearman(mean[i, ~subset_labeled[i]], sibling_mean[i, ~subset_labeled[i]])
                 for i in range(len(rounds))
             ]
-        if k == config.get("mc_samples"):
+        if k == config["loop"]["mc_samples"]:
             # The recorded history itself, against the noise of one estimate at its K.
             recorded = history[rounds][:, chosen]
             entry["recorded_rise_fraction"] = diagnostics.rise_fractions(
@@ -167,79 +160,5 @@ def analyze(
             ).tolist()
         result["by_mc_samples"][str(k)] = entry
 
-    path = Path(run_dir) / ANALYSIS
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+    store.write_analysis(run_dir, result)
     return result
-
-
-def _mean(values, digits: int = 4) -> str:
-    """The mean of a per-round list as text; "-" where absent (no sibling, one round)."""
-    return f"{np.mean(values):.{digits}f}" if values else "-"
-
-
-def _since_start(entry: dict, last: int) -> str:
-    if "rise_since_start" not in entry:  # absent from older analyses
-        return "-"
-    return f"{entry['rise_since_start'][last]:.4f}, {entry['fall_since_start'][last]:.4f}"
-
-
-def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """The summary of `analyze`'s result: a header and one row per K, plus the recorded history."""
-    last = len(result["rounds"]) - 1
-    middle = last // 2
-    header = [
-        "K",
-        "noise sd (median)",
-        "score (median)",
-        "rises (mean, max)",
-        "falls (mean)",
-        "rises on retraining (mean)",
-        f"since r0 at r{result['rounds'][last]}: rises, falls",
-        f"Spearman r{result['rounds'][middle]}",
-        f"Spearman r{result['rounds'][last]}",
-        "Spearman with sibling (mean)",
-        *(f"regret {f:.0%}" for f in result["filter_fractions"]),
-    ]
-    rows = []
-    for k, entry in result["by_mc_samples"].items():
-        rises = entry["rise_fraction"]
-        rank = entry["rank_correlation"]
-        rows.append(
-            [
-                k,
-                f"{entry['median_noise_sd']:.4f}",
-                f"{entry['median_score']:.4f}",
-                f"{_mean(rises)}, {max(rises):.4f}" if rises else "-",
-                _mean(entry.get("fall_fraction")),
-                _mean(entry.get("retrain_rise_fraction")),
-                _since_start(entry, last),
-                f"{rank[middle]:.3f}",
-                f"{rank[last]:.3f}",
-                _mean(entry.get("retrain_rank_correlation"), 3),
-                *(f"{x:.3f}" for x in entry["filter_regret"]),
-            ]
-        )
-    recorded = result["recorded"]
-    rows.append(
-        [
-            f"recorded (K={result['run_mc_samples']}, whole pool)",
-            *["-"] * 6,
-            f"{recorded['rank_correlation'][result['rounds'][middle]]:.3f}",
-            f"{recorded['rank_correlation'][result['rounds'][last]]:.3f}",
-            "-",
-            *(f"{x:.3f}" for x in recorded["filter_regret"]),
-        ]
-    )
-    return header, rows
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def table(result: dict) -> str:
-    """The terminal summary of `analyze`'s result, as a Markdown table."""
-    return markdown_table(*table_rows(result))

@@ -1,27 +1,40 @@
-"""The `jal` command line: `jal run`, `filter`, `analyze`, `figures`, `report` and `plot`."""
+"""The `jal` command line: flags in, library calls out.
+
+`jal run` and `jal filter` turn their flags into a `jal.config.RunConfig` or
+`FilterConfig` (every default lives there) and call `jal.experiment`. A flag names a
+setting by its dotted path in the config; only the flags given change it, so `--config
+RUN_DIR/config.json` replays a run and any further flag varies it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import re
 import sys
-import time
-from pathlib import Path
 
-from jal import scoring
-from jal.acquisition import METHODS, SAMPLINGS
 from jal.errors import JalError
-from jal.estimators import ESTIMATORS
-from jal.loop import LoopConfig
-from jal.model import CONVS
-from jal.runtime import keep_freed_memory
 
-# The reference experiment's settings that are not LoopConfig fields.
-POOL_SIZE, POOL_SEED, INITIAL, ITERATIONS, SEED = 10_000, 1, 60, 100, 42
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
+SAMPLINGS = ("topk", "power", "softmax", "softrank")
 # Names from the literature for BALD under a stochastic draw (Kirsch et al., 2023).
 SAMPLED_BALD = {f"{sampling}bald": sampling for sampling in SAMPLINGS[1:]}
+MODEL_FLAGS = {  # the models' own settings: flag -> setting
+    "--conv": "conv",
+    "--scorer": "scorer",
+    "--hidden-sizes": "hidden_sizes",
+    "--dropout-rate": "dropout_rate",
+}
+SOURCES = ("data.path", "data.mnist_dir", "data.tfds", "data.tfds_data_dir")
+# A setting's Python name -> its flag, for error messages; `_setting` adds every config flag.
+FLAGS: dict[str, str] = {
+    "out": "--out",
+    "model": "--model",
+    "repeats": "--repeats",
+    "subset": "--subset",
+    "every": "--every",
+    "mnist_dir": "--data-dir",
+}
 
 
 def _int_at_least(minimum: int, maximum: int | None = None):
@@ -59,165 +72,279 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_data_source(parser, default: str = "$JAL_MNIST_DIR, else downloaded once to ~/.cache/jal/mnist") -> None:
-    source = parser.add_argument_group("data").add_mutually_exclusive_group()
-    source.add_argument("--data-dir", help=f"folder with the four MNIST IDX files, gzipped or not (default: {default})")
-    source.add_argument("--tfds-data-dir", help="read prepared TFDS 'mnist' from this TFDS data folder instead")
-
-
-def _add_training_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = LoopConfig().train
-    training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=_int_at_least(1), default=defaults.epochs)
-    training.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size)
-    training.add_argument("--lr", type=_float_above(0, inclusive=False), default=defaults.learning_rate)
-    training.add_argument("--weight-decay", type=_float_above(0, inclusive=True), default=defaults.weight_decay)
-    training.add_argument("--min-samples-per-epoch", type=_int_at_least(1), default=defaults.min_samples_per_epoch)
-    training.add_argument(
-        "--conv",
-        choices=("auto", *CONVS),
-        default="auto",
-        help="convolution formulation for training (auto: fastest on this backend)",
-    )
-
-
-def _train_config(args):
-    from jal.train import train_config_from
-
-    return train_config_from(vars(args))
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line instead of argparse's usage block, and exit code 2 as argparse has it.
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jal", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _setting(group, flag: str, path: str, defaults, help: str = "", **kwargs) -> None:
+    """A flag that sets the config's setting at `path`; absent, the setting keeps its (shown) default."""
+    from jal.config import get
 
-    run = commands.add_parser(
-        "run", help="run an active-learning experiment (defaults: the reference MNIST BALD experiment)"
+    if defaults is not None and "default_text" not in kwargs:
+        default = get(defaults, path)
+        default = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help = f"{help} (default: {default})" if help else f"default: {default}"
+    kwargs.pop("default_text", None)
+    FLAGS.setdefault(path.rsplit(".", 1)[-1], flag)
+    group.add_argument(flag, dest=path, default=argparse.SUPPRESS, help=help, **kwargs)
+
+
+def _add_data_flags(parser, defaults, *, pool: bool = True) -> None:
+    data = parser.add_argument_group("data")
+    source = data.add_mutually_exclusive_group()
+    _setting(
+        source,
+        "--data",
+        "data.path",
+        None,
+        help="a .npz file or a folder of .npy files with x_train, y_train, "
+        "x_test, y_test (inputs of any shape, integer labels)",
     )
-    defaults = LoopConfig()
-    _add_data_source(run)
-    data = run.add_argument_group("pool")
-    data.add_argument("--pool-size", type=_int_at_least(1), default=POOL_SIZE)
-    data.add_argument(
-        "--pool-seed",
-        type=_int_at_least(0, MAX_SEED),
-        default=POOL_SEED,
-        help="seed of the pool's random subset of the training set",
+    _setting(
+        source,
+        "--data-dir",
+        "data.mnist_dir",
+        None,
+        help="a folder with the four MNIST IDX files, gzipped or not (default: $JAL_MNIST_DIR, else MNIST is "
+        "downloaded once to ~/.cache/jal/mnist)",
     )
+    _setting(source, "--tfds", "data.tfds", None, help="a prepared TensorFlow Datasets dataset by name")
+    _setting(data, "--tfds-data-dir", "data.tfds_data_dir", None, help="the TFDS data folder (alone: TFDS's mnist)")
+    if defaults is None:
+        return
+    _setting(
+        data,
+        "--num-classes",
+        "data.num_classes",
+        None,
+        type=_int_at_least(2),
+        help="C (default: the largest label + 1)",
+    )
+    _setting(
+        data,
+        "--no-normalize",
+        "data.normalize",
+        None,
+        action="store_const",
+        const=False,
+        help="use inputs as they are (default: standardise per channel or feature with the training split's "
+        "statistics; MNIST with the reference's)",
+    )
+    if pool:
+        _setting(
+            data,
+            "--pool-size",
+            "data.pool_size",
+            None,
+            type=_int_at_least(1),
+            help="pool samples, drawn from the training split (default: 10000, or all if fewer)",
+        )
+        _setting(
+            data,
+            "--pool-seed",
+            "data.pool_seed",
+            defaults,
+            type=_int_at_least(0, MAX_SEED),
+            help="seed of the pool's random subset of the training split",
+        )
+
+
+def _add_model_flags(parser) -> None:
+    from jal.models import MODELS
+
+    model = parser.add_argument_group("model")
+    _setting(
+        model,
+        "--model",
+        "model.name",
+        None,
+        choices=MODELS,
+        help="lenet5 (28x28 grayscale, the reference), mlp (any input, flattened) or cnn (HxWxC images) "
+        "(default: lenet5)",
+    )
+    for flag, kwargs in {
+        "--conv": dict(
+            choices=("auto", "native", "im2col", "xla"),
+            help="lenet5, cnn: the training convolution (default: auto, the fastest on this backend)",
+        ),
+        "--scorer": dict(
+            choices=("factorised", "factorised_xla", "vmapped"),
+            help="lenet5: MC scoring's form, all exact (default: factorised)",
+        ),
+        "--hidden-sizes": dict(type=_int_at_least(1), nargs="+", help="mlp: hidden layer widths (default: 128 128)"),
+        "--dropout-rate": dict(type=_fraction, help="mlp, cnn: the dropout rate (default: 0.5)"),
+    }.items():
+        _setting(model, flag, f"model.settings.{MODEL_FLAGS[flag]}", None, **kwargs)
+
+
+def _add_training_flags(parser, defaults, prefix: str) -> None:
+    training = parser.add_argument_group("training")
+    _setting(training, "--epochs", f"{prefix}epochs", defaults, type=_int_at_least(1))
+    _setting(training, "--batch-size", f"{prefix}batch_size", defaults, type=_int_at_least(1))
+    _setting(training, "--lr", f"{prefix}learning_rate", defaults, type=_float_above(0, inclusive=False))
+    _setting(training, "--weight-decay", f"{prefix}weight_decay", defaults, type=_float_above(0, inclusive=True))
+    _setting(training, "--min-samples-per-epoch", f"{prefix}min_samples_per_epoch", defaults, type=_int_at_least(1))
+
+
+def _add_run(commands) -> None:
+    from jal.acquire import ACQUISITIONS, ESTIMATORS
+    from jal.config import RunConfig
+
+    defaults = RunConfig()
+    run = commands.add_parser("run", help="run an active-learning experiment (defaults: the reference MNIST BALD run)")
+    run.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
+    run.add_argument("--config", help="start from the settings of this config.json (a run's); flags change them")
+    _add_data_flags(run, defaults)
+    _add_model_flags(run)
     loop = run.add_argument_group("loop")
-    loop.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
-    loop.add_argument(
+    _setting(
+        loop,
         "--acquisition",
-        choices=(*METHODS, *SAMPLED_BALD),
-        default=defaults.acquisition,
+        "loop.acquisition",
+        defaults,
+        choices=(*ACQUISITIONS, *SAMPLED_BALD),
         help="score to acquire by; powerbald, softmaxbald and softrankbald are bald with that --sampling",
     )
-    loop.add_argument("--iterations", type=_int_at_least(0), default=ITERATIONS)
+    _setting(loop, "--iterations", "iterations", defaults, type=_int_at_least(0))
     start = loop.add_mutually_exclusive_group()
-    start.add_argument("--initial", type=_int_at_least(1), default=INITIAL, help="initial labels, drawn at random")
-    start.add_argument(
-        "--initial-per-class", type=_int_at_least(1), help="start from this many random labels of every class instead"
+    _setting(start, "--initial", "initial", defaults, type=_int_at_least(1), help="initial labels, drawn at random")
+    _setting(
+        start,
+        "--initial-per-class",
+        "initial_per_class",
+        None,
+        type=_int_at_least(1),
+        help="start from this many random labels of every class instead",
     )
-    loop.add_argument("--acquire", type=_int_at_least(1), default=defaults.acquire, help="labels per iteration")
-    loop.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=SEED)
+    _setting(loop, "--acquire", "loop.acquire", defaults, type=_int_at_least(1), help="labels per iteration")
+    _setting(loop, "--seed", "seed", defaults, type=_int_at_least(0, MAX_SEED))
     mc = run.add_argument_group("scoring")
-    mc.add_argument("--mc-samples", type=_int_at_least(1), default=defaults.mc_samples, help="K")
-    mc.add_argument("--chunk-size", type=_int_at_least(1), default=defaults.chunk_size)
-    mc.add_argument("--scorer", choices=scoring.METHODS, default=defaults.scorer)
-    mc.add_argument(
+    _setting(mc, "--mc-samples", "loop.mc_samples", defaults, type=_int_at_least(1), help="K")
+    _setting(mc, "--chunk-size", "loop.chunk_size", defaults, type=_int_at_least(1), help="inputs scored at once")
+    _setting(
+        mc,
         "--sampling",
+        "loop.sampling",
+        defaults,
         choices=SAMPLINGS,
-        default=defaults.sampling,
         help="take the top k scores, or draw k with probability ~ score^(1/T), exp(score/T) or rank^(-1/T)",
     )
-    mc.add_argument(
+    _setting(
+        mc,
         "--temperature",
+        "loop.temperature",
+        defaults,
         type=_float_above(0, inclusive=True),
-        default=defaults.temperature,
         help="T of --sampling (0: top k)",
     )
-    mc.add_argument(
+    _setting(
+        mc,
         "--consistent-masks",
-        action="store_true",
+        "loop.consistent",
+        None,
+        action="store_const",
+        const=True,
         help="the same K dropout masks for every input in a round (always on for epig and batchbald)",
     )
-    mc.add_argument(
+    _setting(
+        mc,
         "--joint-samples",
+        "loop.joint_samples",
+        defaults,
         type=_int_at_least(1),
-        default=defaults.joint_samples,
         help="batchbald: exact joint entropy while C^n configurations fit in this many, else this many sampled",
     )
-    mc.add_argument(
+    _setting(
+        mc,
         "--epig-targets",
+        "loop.epig_targets",
+        defaults,
         type=_int_at_least(1),
-        default=defaults.epig_targets,
         help="epig: target inputs drawn from the pool each iteration",
     )
-    mc.add_argument(
+    _setting(
+        mc,
         "--skip-test-scores",
-        action="store_true",
+        "loop.score_test",
+        None,
+        action="store_const",
+        const=False,
         help="do not MC-score the test set; evaluate it with one deterministic pass",
     )
-    _add_training_flags(run)
+    _add_training_flags(run, defaults, "loop.train.")
     filtering = run.add_argument_group("filtering")
-    filtering.add_argument(
+    _setting(
+        filtering,
         "--filter-fraction",
+        "filter_fraction",
+        defaults,
         type=_fraction,
-        default=0.0,
-        help="first remove this fraction of the pool: the lowest --filter-estimator scores of a model "
-        "trained on the initial labels",
+        help="first remove this fraction of the pool: the lowest --filter-estimator scores of a model trained "
+        "on the initial labels",
     )
-    filtering.add_argument("--filter-estimator", choices=ESTIMATORS, default="bald")
+    _setting(filtering, "--filter-estimator", "filter_estimator", defaults, choices=ESTIMATORS)
 
+
+def _add_filter(commands) -> None:
+    from jal.acquire import ESTIMATORS
+    from jal.config import FilterConfig
+
+    defaults = FilterConfig()
     filter_ = commands.add_parser(
         "filter",
         help="offline data filtering: test accuracy after removing the least informative x%% of the pool, "
         "against removing x%% at random",
     )
-    _add_data_source(filter_)
     filter_.add_argument("--out", required=True, help="result directory to create (must not exist or be empty)")
-    filter_.add_argument("--pool-size", type=_int_at_least(1), default=POOL_SIZE)
-    filter_.add_argument("--pool-seed", type=_int_at_least(0, MAX_SEED), default=POOL_SEED)
-    filter_.add_argument("--initial", type=_int_at_least(1), default=INITIAL, help="the scoring model's labels")
-    filter_.add_argument(
+    filter_.add_argument("--config", help="start from the settings of this config.json (a filter's); flags change them")
+    _add_data_flags(filter_, defaults)
+    _add_model_flags(filter_)
+    options = filter_.add_argument_group("filtering")
+    _setting(options, "--initial", "initial", defaults, type=_int_at_least(1), help="the scoring model's labels")
+    _setting(
+        options,
         "--held-out",
+        "held_out",
+        None,
         type=_int_at_least(1),
-        help="train the scoring model on this many training images outside the pool instead of on "
-        "--initial pool samples",
+        help="train the scoring model on this many training inputs outside the pool instead of on --initial "
+        "pool samples",
     )
-    filter_.add_argument("--estimator", choices=ESTIMATORS, default="bald")
-    filter_.add_argument(
-        "--fractions", type=_fraction, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 0.7, 0.9], help="fractions removed"
-    )
-    filter_.add_argument("--mc-samples", type=_int_at_least(1), default=defaults.mc_samples, help="K")
-    filter_.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=SEED)
-    _add_training_flags(filter_)
+    _setting(options, "--estimator", "estimator", defaults, choices=ESTIMATORS)
+    _setting(options, "--fractions", "fractions", defaults, type=_fraction, nargs="+", help="fractions removed")
+    _setting(options, "--mc-samples", "mc_samples", defaults, type=_int_at_least(1), help="K")
+    _setting(options, "--seed", "seed", defaults, type=_int_at_least(0, MAX_SEED))
+    _add_training_flags(filter_, defaults, "train.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jal", description="Bayesian active learning and data filtering with MC-dropout BALD scores.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands)
+    _add_filter(commands)
 
     analyze = commands.add_parser(
         "analyze", help="submodularity diagnostics of a run: score rises beyond MC noise, rank stability, filter regret"
     )
     analyze.add_argument("run_dir", metavar="RUN_DIR")
-    _add_data_source(analyze, default="the run's, else $JAL_MNIST_DIR")
-    analyze.add_argument(
+    _add_data_flags(analyze, None)
+    options = analyze.add_argument_group("diagnostics")
+    options.add_argument(
         "--mc-samples", type=_int_at_least(1), nargs="+", default=[32, 128], help="the K values to re-score at"
     )
-    analyze.add_argument("--repeats", type=_int_at_least(2), default=2, help="re-scorings per round and K")
-    analyze.add_argument("--subset", type=_int_at_least(2), default=1000, help="pool samples re-scored")
-    analyze.add_argument("--every", type=_int_at_least(1), default=1, help="re-score every n-th round")
-    analyze.add_argument("--z", type=_float_above(0, inclusive=False), default=2.0, help="rise threshold in noise sds")
-    analyze.add_argument(
+    options.add_argument("--repeats", type=_int_at_least(2), default=2, help="re-scorings per round and K")
+    options.add_argument("--subset", type=_int_at_least(2), default=1000, help="pool samples re-scored")
+    options.add_argument("--every", type=_int_at_least(1), default=1, help="re-score every n-th round")
+    options.add_argument("--z", type=_float_above(0, inclusive=False), default=2.0, help="rise threshold in noise sds")
+    options.add_argument(
         "--no-retrain",
         dest="retrain",
         action="store_false",
         help="skip the siblings: models trained again on each round's labels, for the noise of training",
     )
-    analyze.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0)
+    options.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0)
 
     figures = commands.add_parser(
         "figures", help="the seed's figures and animations, learning curves and diagnostics of runs"
@@ -235,206 +362,121 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_pool(args):
-    """MNIST from the flags; the pool's training-set indices and labels; the loop's device arrays."""
-    import jax.numpy as jnp
-    import numpy as np
+def _given(args) -> dict:
+    """The settings the flags given set, by dotted path (the other flags are absent: argparse.SUPPRESS)."""
+    return {path: value for path, value in vars(args).items() if path not in ("command", "out", "config")}
 
-    from jal import data as jdata
-    from jal.loop import Data
 
-    mnist = jdata.load_mnist(args.data_dir, tfds_data_dir=args.tfds_data_dir)
-    pool_indices = jdata.make_pool(len(mnist.train_images), args.pool_size, seed=args.pool_seed)
-    data = Data(
-        jnp.asarray(jdata.normalize(mnist.train_images[pool_indices])),
-        jnp.asarray(jdata.normalize(mnist.test_images)),
-        jnp.asarray(mnist.test_labels, jnp.int32),
-    )
-    return mnist, pool_indices, mnist.train_labels[pool_indices].astype(np.int32), data
+def _config(cls, args):
+    """The command's config: the defaults, or --config's file, changed by the flags given."""
+    from jal import store
+    from jal.config import from_json, override
+    from jal.models import default_settings
+
+    if args.config:
+        saved = store.read_json(args.config, "jal config.json")
+        if not isinstance(saved, dict):
+            raise JalError(f"{args.config}: not a JSON object; pass a run's config.json")
+        base = from_json(cls, {k: v for k, v in saved.items() if k != "record"}, args.config)
+    else:
+        base = cls()
+    changes = _given(args)
+    if any(source in changes for source in SOURCES):  # a new data source replaces the saved one
+        changes = {**dict.fromkeys(SOURCES), **changes}
+    if "initial" in changes and hasattr(base, "initial_per_class"):  # one way to draw the initial labels
+        changes["initial_per_class"] = None
+    elif "initial_per_class" in changes:
+        changes["initial"] = None
+    if changes.get("loop.acquisition") in SAMPLED_BALD:
+        sampling = SAMPLED_BALD[changes["loop.acquisition"]]
+        if changes.get("loop.sampling", "topk") not in ("topk", sampling):
+            raise JalError(f"--acquisition {changes['loop.acquisition']} already sets --sampling {sampling}")
+        changes.update({"loop.acquisition": "bald", "loop.sampling": sampling})
+    settings = {path.rsplit(".", 1)[1]: value for path, value in changes.items() if path.startswith("model.settings.")}
+    changes = {path: value for path, value in changes.items() if not path.startswith("model.settings.")}
+    name = changes.get("model.name", base.model.name)
+    kept = base.model.settings if name == base.model.name else {}  # another model: its own defaults
+    for setting in settings:
+        if setting not in default_settings(name):
+            flag = next(f for f, s in MODEL_FLAGS.items() if s == setting)
+            takes = ", ".join(f for f, s in MODEL_FLAGS.items() if s in default_settings(name)) or "none"
+            raise JalError(f"{flag} does not apply to --model {name}; it takes {takes}")
+    changes["model.settings"] = {**kept, **settings}
+    return override(base, changes)
+
+
+def _flags(message: str) -> str:
+    """A library message on one line, its Python names in backquotes as the flags that set them."""
+    return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match[1], match[1]), " ".join(message.split()))
 
 
 def run_command(args) -> None:
-    import jax
-    import numpy as np
+    import time
+
     from tqdm.auto import tqdm
 
-    from jal import loop
-    from jal.store import RunWriter, check_run_dir
+    from jal.config import RunConfig
+    from jal.experiment import run
 
-    # Everything that can fail on bad input is checked before the run directory is made.
-    check_run_dir(args.out)
-    mnist, pool_indices, pool_labels, data = _load_pool(args)
-    if args.initial_per_class:
-        initial = loop.balanced_initial_indices(pool_labels, args.initial_per_class, args.seed)
-        num_initial = len(initial)
-    else:
-        initial, num_initial = loop.initial_indices(args.pool_size, args.initial, args.seed), args.initial
-    loop.check_settings(args.pool_size, num_initial, args.acquire, args.iterations)
-    acquisition, sampling = args.acquisition, args.sampling
-    if acquisition in SAMPLED_BALD:
-        if sampling not in ("topk", SAMPLED_BALD[acquisition]):
-            raise JalError(f"--acquisition {acquisition} already sets --sampling {SAMPLED_BALD[acquisition]}")
-        acquisition, sampling = "bald", SAMPLED_BALD[acquisition]
+    config = _config(RunConfig, args)
+    start = time.perf_counter()
+    progress = None
 
-    config = loop.LoopConfig(
-        acquisition=acquisition,
-        acquire=args.acquire,
-        mc_samples=args.mc_samples,
-        chunk_size=args.chunk_size,
-        scorer=args.scorer,
-        score_test=not args.skip_test_scores,
-        sampling=sampling,
-        temperature=args.temperature,
-        consistent=args.consistent_masks,
-        joint_samples=args.joint_samples,
-        epig_targets=args.epig_targets,
-        train=_train_config(args),
-    )
-    loop.check_config(config)
-    if args.filter_fraction > 0:
-        # Offline filtering first: a model trained on the initial labels scores the pool once,
-        # and the lowest-scoring fraction of the unlabeled samples leaves the pool.
-        from jal.filtering import fit, kept_indices, score_all
+    def on_start(rounds: int) -> None:
+        nonlocal progress
+        progress = tqdm(total=rounds, desc="jal run", unit="round", file=sys.stderr)
 
-        fit_key, score_key = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 2**31 - 1))
-        params = fit(fit_key, data.pool_images, pool_labels, initial, config.train)
-        scores = score_all(score_key, params, data.pool_images, args.filter_estimator, mc_samples=args.mc_samples)
-        kept = kept_indices(scores, args.filter_fraction, protected=initial)
-        loop.check_settings(len(kept), num_initial, args.acquire, args.iterations)
-        pool_indices, pool_labels = pool_indices[kept], pool_labels[kept]
-        data = data._replace(pool_images=data.pool_images[kept])
-        initial = np.searchsorted(kept, initial)  # the same samples, renumbered in the kept pool
-    oracle = loop.dataset_oracle(pool_labels)
-    state = loop.init(jax.random.key(args.seed), len(pool_labels), initial, oracle(initial))
-
-    settings = {k: v for k, v in vars(args).items() if k != "command"}
-    settings.update(
-        conv=config.train.conv,
-        score_name=config.score_name,
-        loop_acquisition=config.acquisition,
-        loop_sampling=config.sampling,
-        consistent_masks=config.consistent_masks,
-        backend=jax.default_backend(),
-        initial_indices=[int(i) for i in initial],
-        filtered_pool_size=len(pool_indices),
-    )
-    rounds = args.iterations + 1
-    test_size = len(mnist.test_images) if config.score_test else 0
-    writer = RunWriter(args.out, settings, pool_indices=pool_indices, rounds=rounds, test_size=test_size)
-    progress = tqdm(total=rounds, desc="jal run", unit="round", file=sys.stderr)
-    start = last = time.perf_counter()
-
-    def record(info) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        metrics = writer.append(info, now - last)
-        last = now
+    def on_round(metrics) -> None:
         progress.set_postfix(labels=metrics["num_labeled"], test_acc=f"{metrics['test_accuracy']:.4f}")
         progress.update()
 
     try:
-        loop.run(state, data, config, oracle, iterations=args.iterations, callback=record)
-    except KeyboardInterrupt:
-        progress.close()
-        raise JalError(f"interrupted; the {writer.round} finished rounds are in {writer.run_dir}") from None
+        run_dir = run(config, args.out, on_start=on_start, on_round=on_round)
     finally:
-        writer.close()
-    progress.close()
-    print(
-        f"done: {writer.round} rounds, {metrics_summary(writer.run_dir)}, {time.perf_counter() - start:.1f} s; "
-        f"results in {writer.run_dir}"
-    )
+        if progress is not None:
+            progress.close()
+    print(f"done: {metrics_summary(run_dir)}, {time.perf_counter() - start:.1f} s; results in {run_dir}")
 
 
 def metrics_summary(run_dir) -> str:
     from jal.store import read_metrics
 
-    last = read_metrics(run_dir)[-1]
-    return f"{last['num_labeled']} labels, test accuracy {last['test_accuracy']:.4f}, NLL {last['test_nll']:.4f}"
+    metrics = read_metrics(run_dir)
+    last = metrics[-1]
+    return (
+        f"{len(metrics)} rounds, {last['num_labeled']} labels, test accuracy {last['test_accuracy']:.4f}, "
+        f"NLL {last['test_nll']:.4f}"
+    )
 
 
 def filter_command(args) -> None:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+    from jal.config import FilterConfig
+    from jal.experiment import filter_pool
 
-    from jal import data as jdata
-    from jal import loop
-    from jal.filtering import FILTERING, filter_curve, fit, score_all
-    from jal.store import CONFIG, POOL_INDICES, check_run_dir, new_directory, write_json
+    config = _config(FilterConfig, args)
+    header = "| removed | by | kept | test accuracy | test NLL |\n| --- | --- | --- | --- | --- |"
 
-    check_run_dir(args.out)
-    mnist, pool_indices, pool_labels, data = _load_pool(args)
-    config = _train_config(args)
-    fit_key, score_key, curve_key = jax.random.split(jax.random.key(args.seed), 3)
-    if args.held_out:
-        outside = np.setdiff1d(np.arange(len(mnist.train_images)), pool_indices)
-        if args.held_out > len(outside):
-            raise JalError(f"--held-out {args.held_out}: only {len(outside)} training images lie outside the pool")
-        scoring_set = np.sort(np.random.RandomState(args.seed).choice(outside, args.held_out, replace=False))
-        images = jnp.asarray(jdata.normalize(mnist.train_images[scoring_set]))
-        labels = mnist.train_labels[scoring_set].astype(np.int32)
-        params = fit(fit_key, images, labels, np.arange(len(scoring_set)), config)
-        protected = np.zeros(0, int)
-    else:
-        if args.initial > args.pool_size:
-            raise JalError(f"--initial {args.initial} must be at most the pool size {args.pool_size}")
-        protected = loop.initial_indices(args.pool_size, args.initial, args.seed)
-        scoring_set = pool_indices[protected]
-        params = fit(fit_key, data.pool_images, pool_labels, protected, config)
-    scores = score_all(score_key, params, data.pool_images, args.estimator, mc_samples=args.mc_samples)
+    def on_result(e) -> None:
+        nonlocal header
+        if header:
+            print(header)
+            header = ""
+        row = f"| {e['fraction']:.0%} | {e['removal']} | {e['num_kept']} | {e['test_accuracy']:.4f} "
+        print(f"{row}| {e['test_nll']:.4f} |", flush=True)
 
-    out = Path(args.out)
-    settings = {k: v for k, v in vars(args).items() if k != "command"}
-    settings.update(conv=config.conv, backend=jax.default_backend(), scoring_set=[int(i) for i in scoring_set])
-    with new_directory(out):
-        write_json(out / CONFIG, settings)
-        np.save(out / POOL_INDICES, pool_indices)
-        np.save(out / "filter_scores.npy", scores)
-        results = out / FILTERING
-        results.touch()
-    print("| removed | by | kept | test accuracy | test NLL |\n| --- | --- | --- | --- | --- |")
-
-    def record(evaluation) -> None:
-        with results.open("a") as f:
-            f.write(json.dumps(evaluation._asdict()) + "\n")
-        print(
-            f"| {evaluation.fraction:.0%} | {evaluation.removal} | {evaluation.num_kept} "
-            f"| {evaluation.test_accuracy:.4f} | {evaluation.test_nll:.4f} |",
-            flush=True,
-        )
-
-    filter_curve(
-        curve_key,
-        data,
-        pool_labels,
-        scores,
-        protected=protected,
-        fractions=args.fractions,
-        config=config,
-        mc_samples=args.mc_samples,
-        seed=args.seed,
-        on_result=record,
-    )
-    print(f"results in {out}")
+    print(f"results in {filter_pool(config, args.out, on_result=on_result)}")
 
 
 def analyze_command(args) -> None:
+    from jal.experiment import analyze_run
+    from jal.report import table
+    from jal.store import ANALYSIS
 
-    from jal import data as jdata
-    from jal.analysis import ANALYSIS, analyze, table
-    from jal.store import read_config, read_pool_indices
-
-    config = read_config(args.run_dir)
-    tfds_dir = args.tfds_data_dir or (None if args.data_dir else config.get("tfds_data_dir"))
-    mnist = jdata.load_mnist(args.data_dir or config.get("data_dir"), tfds_data_dir=tfds_dir)
-    pool_indices = read_pool_indices(args.run_dir)
-    if pool_indices.max(initial=0) >= len(mnist.train_images):
-        raise JalError(f"{args.run_dir}: its pool indices exceed the {len(mnist.train_images)} training images given")
-    result = analyze(
+    sources = {path.split(".", 1)[1]: value for path, value in vars(args).items() if path in SOURCES}
+    result = analyze_run(
         args.run_dir,
-        mnist.train_images[pool_indices],
-        pool_labels=mnist.train_labels[pool_indices] if args.retrain else None,
+        sources=sources,
+        retrain=args.retrain,
         mc_samples=tuple(args.mc_samples),
         repeats=args.repeats,
         subset=args.subset,
@@ -461,27 +503,31 @@ def report_command(args) -> None:
 
 
 def plot_command(args) -> None:
-    from jal.plots import plot_runs
+    from jal.figures import plot_runs
 
     print(f"wrote {plot_runs(args.run_dirs, args.out)}")
+
+
+COMMANDS = {
+    "run": run_command,
+    "filter": filter_command,
+    "analyze": analyze_command,
+    "figures": figures_command,
+    "report": report_command,
+    "plot": plot_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from jal.runtime import keep_freed_memory
+
     keep_freed_memory()
     try:
-        commands = {
-            "run": run_command,
-            "filter": filter_command,
-            "analyze": analyze_command,
-            "figures": figures_command,
-            "report": report_command,
-            "plot": plot_command,
-        }
-        commands[args.command](args)
+        COMMANDS[args.command](args)
     except JalError as e:
-        print(f"jal: error: {e}", file=sys.stderr)
+        print(f"jal: error: {_flags(str(e))}", file=sys.stderr)
         return 2
     return 0
 

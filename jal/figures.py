@@ -6,7 +6,11 @@
 * the BALD score evolution of a run (GIF): an EMA of each sample's score (decay 0.9),
   acquired samples at zero, samples ordered by their round-0 scores;
 * learning curves, mean and band (min to max) over the runs of each acquisition;
-* the diagnostics of `jal analyze`, when the run has them.
+* the diagnostics of `jal analyze`, when the run has them;
+* the filtering curve of a `jal filter` directory;
+* `jal plot`: test accuracy against labels and the sorted score curves of any runs.
+
+It reads run directories through `jal.store` alone: drawing never imports the training stack.
 
 The XKCD style wants the Humor Sans font; without it matplotlib falls back to its default
 font, and its warnings about the missing font are silenced.
@@ -30,11 +34,9 @@ import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from jal.analysis import ANALYSIS, read_history  # noqa: E402
+from jal import store  # noqa: E402
 from jal.diagnostics import ema  # noqa: E402
 from jal.errors import JalError  # noqa: E402
-from jal.filtering import FILTERING  # noqa: E402
-from jal.store import read_config, read_metrics  # noqa: E402
 
 FILTERING_COLOR, ACTIVE_COLOR = "red", "blue"
 SELECTION_FRAMES = 40
@@ -139,11 +141,11 @@ def selection_animation(out_dir: Path, *, frames: int = SELECTION_FRAMES, seed: 
 
 def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.9) -> Path:
     """The seed's Figure 3 from a run directory: EMA of the pool scores round by round."""
-    config, metrics, history, labeled = read_history(run_dir)
+    config, metrics, history, labeled = store.read_history(run_dir)
     smoothed = ema(history, labeled, decay)
     position = np.empty(history.shape[1], int)  # x: the rank of the round-0 score, best first
     position[np.argsort(-history[0], kind="stable")] = np.arange(history.shape[1])
-    score_name = config.get("score_name", "score")
+    score_name = config["record"]["score_name"]
     with xkcd():
         fig, ax = plt.subplots(figsize=(10, 6))
         points = ax.scatter(position, smoothed[0], color="black", s=2)
@@ -174,8 +176,21 @@ def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.
     return path
 
 
-# Settings that differ between repetitions of one experiment (or say where it ran).
-PER_RUN = {"seed", "out", "initial_indices", "filtered_pool_size", "versions", "data_dir", "tfds_data_dir", "backend"}
+# Settings that differ between repetitions of one experiment, or say where its data lies.
+PER_RUN = {"seed", "data.path", "data.mnist_dir", "data.tfds_data_dir"}
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict:
+    """A config.json's settings as {"loop.acquisition": "bald", ...}, without its record."""
+    flat = {}
+    for key, value in config.items():
+        if key == "record":
+            continue
+        if isinstance(value, dict) and key != "settings":
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def group_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
@@ -184,17 +199,17 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
     A group is labeled by its acquisition, plus the settings that tell it apart from other
     groups with the same acquisition (e.g. "bald (filter_fraction=0.5)").
     """
-    configs = {Path(d): read_config(d) for d in run_dirs}
+    configs = {Path(d): flat_settings(store.read_config(d)) for d in run_dirs}
     keys = {d: tuple(sorted((k, json.dumps(v)) for k, v in c.items() if k not in PER_RUN)) for d, c in configs.items()}
     distinct = sorted(set(keys.values()))
     labels = {}
     for key in distinct:
         settings = dict(key)
-        acquisition = json.loads(settings.get("acquisition", '"?"'))
+        acquisition = json.loads(settings.get("loop.acquisition", '"?"'))
         rivals = [
             dict(other)
             for other in distinct
-            if other != key and dict(other).get("acquisition") == settings.get("acquisition")
+            if other != key and dict(other).get("loop.acquisition") == settings.get("loop.acquisition")
         ]
         differing = sorted(
             {k for other in rivals for k in set(settings) | set(other) if settings.get(k) != other.get(k)}
@@ -203,7 +218,7 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
         labels[key] = f"{acquisition} ({suffix})" if suffix else acquisition
     groups = defaultdict(list)
     for run_dir in configs:
-        groups[labels[keys[run_dir]]].append(read_metrics(run_dir))
+        groups[labels[keys[run_dir]]].append(store.read_metrics(run_dir))
     return dict(groups)
 
 
@@ -226,14 +241,10 @@ def learning_curves(run_dirs: list[Path], path: Path) -> Path:
 
 def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
     """Rises and falls beyond noise, rank correlation with round 0, and filter regret, per K (`jal analyze`)."""
-    analysis_path = run_dir / ANALYSIS
-    if not analysis_path.exists():
+    analysis = store.read_analysis(run_dir)
+    if analysis is None:
         return None
-    try:
-        analysis = json.loads(analysis_path.read_text())
-        rounds, by_k = np.asarray(analysis["rounds"]), analysis["by_mc_samples"]
-    except (OSError, ValueError, KeyError) as e:
-        raise JalError(f"{analysis_path}: cannot read ({e}); run jal analyze again") from e
+    rounds, by_k = np.asarray(analysis["rounds"]), analysis["by_mc_samples"]
     fig, (rise_ax, start_ax, rank_ax, regret_ax) = plt.subplots(1, 4, figsize=(21, 4.5))
     # Line styles say what a curve measures; colours say which K.
     entries = list(by_k.values())
@@ -276,19 +287,10 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def read_filtering(filter_dir: Path) -> list[dict]:
-    """The evaluations of a `jal filter` directory."""
-    path = Path(filter_dir) / FILTERING
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as e:
-        raise JalError(f"{path}: cannot read ({e}); is {filter_dir} a jal filter directory?") from e
-
-
 def filtering_figure(filter_dir: Path, path: Path) -> Path:
     """Test accuracy against the fraction of the pool removed: by lowest score and at random."""
-    evaluations = read_filtering(filter_dir)
-    estimator = read_config(filter_dir).get("estimator", "score")
+    evaluations = store.read_filtering(filter_dir)
+    estimator = store.read_config(filter_dir)["estimator"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     full = [e for e in evaluations if e["fraction"] == 0]
     for removal, label in (("lowest", f"lowest {estimator} removed"), ("random", "random samples removed")):
@@ -303,10 +305,6 @@ def filtering_figure(filter_dir: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
-def is_filter_dir(directory: Path) -> bool:
-    return (Path(directory) / FILTERING).exists()
-
-
 def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
     """Every figure for the run (or `jal filter`) directories given; per-directory figures are named after it."""
     out_dir = Path(out_dir)
@@ -317,12 +315,12 @@ def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise JalError(f"--out {out_dir}: cannot create it ({e}); choose a writable place") from e
+        raise JalError(f"`out` {out_dir}: cannot create it ({e}); choose a writable place") from e
     paths = [*informativeness_curve(out_dir), selection_animation(out_dir)]
-    run_dirs = [d for d in directories if not is_filter_dir(d)]
+    run_dirs = [d for d in directories if not store.is_filter_dir(d)]
     if run_dirs:
         paths.append(learning_curves(run_dirs, out_dir / "learning_curves.png"))
-    for filter_dir in (d for d in directories if is_filter_dir(d)):
+    for filter_dir in (d for d in directories if store.is_filter_dir(d)):
         filter_out = out_dir / filter_dir.name if len(directories) > 1 else out_dir
         filter_out.mkdir(exist_ok=True)
         paths.append(filtering_figure(filter_dir, filter_out / "filtering.png"))
@@ -334,3 +332,54 @@ def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike)
         if diagnostics is not None:
             paths.append(diagnostics)
     return paths
+
+
+def run_label(run_dir: Path, config: dict) -> str:
+    return f"{run_dir.name} ({config['loop']['acquisition']})"
+
+
+def _plot_sorted_scores(ax, run_dir: Path, label: str, split: str, color: str) -> None:
+    scores = store.read_scores(run_dir, split)
+    finished = np.flatnonzero(~np.isnan(scores).all(axis=1))
+    if len(finished) == 0:
+        return
+    for round_, style in ((finished[0], ":"), (finished[-1], "-")):
+        # Descending, as the reference's plot_scores draws them.
+        ax.plot(-np.sort(-scores[round_]), style, color=color, label=f"{label}, round {round_}")
+
+
+def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Test accuracy against labels for every run, and sorted pool and test score curves.
+
+    Returns:
+      The path written.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in {".png", ".svg", ".pdf"}:
+        raise JalError(f"`out` {out}: use a .png, .svg or .pdf file name")
+    runs = [(Path(d), store.read_config(d), store.read_metrics(d)) for d in run_dirs]
+    fig, (acc_ax, pool_ax, test_ax) = plt.subplots(1, 3, figsize=(18, 5))
+    for run_dir, config, metrics in runs:
+        label = run_label(run_dir, config)
+        labels, accuracy = [m["num_labeled"] for m in metrics], [m["test_accuracy"] for m in metrics]
+        (line,) = acc_ax.plot(labels, accuracy, marker=".", label=label)
+        _plot_sorted_scores(pool_ax, run_dir, label, "pool", line.get_color())
+        if (run_dir / store.TEST_SCORES).exists():
+            _plot_sorted_scores(test_ax, run_dir, label, "test", line.get_color())
+    acc_ax.set(xlabel="number of labels", ylabel="test accuracy", title="Test accuracy")
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend()
+    score_name = runs[0][1]["record"]["score_name"]
+    for ax, split in ((pool_ax, "pool"), (test_ax, "test")):
+        ax.set(xlabel=f"{split} samples, sorted by score", ylabel=score_name, title=f"Sorted {split} scores")
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise JalError(f"`out` {out}: cannot write the figure ({e}); choose a writable place") from e
+    finally:
+        plt.close(fig)
+    return out

@@ -15,14 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jal.acquire.estimators import ESTIMATORS, accuracy_and_nll
 from jal.errors import JalError
-from jal.estimators import ESTIMATORS, accuracy_and_nll
 from jal.loop import UNLABELED, Data
+from jal.models import Model
 from jal.scoring import mc_log_probs
 from jal.train import TrainConfig, epoch_size, train
-
-FRACTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
-FILTERING = "filtering.jsonl"  # one Evaluation per line, in a `jal filter` directory
 
 
 def kept_indices(scores: np.ndarray, fraction: float, *, protected=(), rng: np.random.Generator | None = None):
@@ -56,21 +54,22 @@ class Evaluation(NamedTuple):
     test_nll: float
 
 
-def fit(key, images: jax.Array, labels, kept, config: TrainConfig) -> dict:
-    """A fresh model trained on images[kept] with labels[kept] (the reference's training).
+def fit(key, model: Model, inputs: jax.Array, labels, kept, config: TrainConfig) -> dict:
+    """A fresh model trained on inputs[kept] with labels[kept] (the reference's training).
 
-    The whole image array stays on the device and only `kept` is read, so any number of
+    The whole input array stays on the device and only `kept` is read, so any number of
     kept samples up to `config.min_samples_per_epoch` runs the same compiled function.
     """
     kept = np.asarray(kept)
-    size = images.shape[0]
+    size = inputs.shape[0]
     masked = np.full(size, UNLABELED, np.int32)
     masked[kept] = np.asarray(labels)[kept]
     order = np.full(size, UNLABELED, np.int32)
     order[: len(kept)] = kept
     params, _ = train(
         key,
-        images,
+        model,
+        inputs,
         jnp.asarray(masked),
         jnp.asarray(order),
         jnp.int32(len(kept)),
@@ -80,28 +79,29 @@ def fit(key, images: jax.Array, labels, kept, config: TrainConfig) -> dict:
     return params
 
 
-def test_metrics(key, params, data: Data, *, mc_samples: int = 32) -> tuple[float, float]:
+def test_metrics(key, model: Model, params, data: Data, *, mc_samples: int = 32) -> tuple[float, float]:
     """Test accuracy and NLL of the MC-mean predictive. The test set is only ever evaluated."""
-    log_probs = mc_log_probs(params, data.test_images, key=key, num_samples=mc_samples)
+    log_probs = mc_log_probs(model, params, data.test_inputs, key=key, mc_samples=mc_samples)
     accuracy, nll = accuracy_and_nll(log_probs, data.test_labels)
     return float(accuracy), float(nll)
 
 
-def score_all(key, params, images: jax.Array, estimator: str, *, mc_samples: int = 32) -> np.ndarray:
-    """One informativeness score per image [N] under the scoring model `params`."""
+def score_all(key, model: Model, params, inputs: jax.Array, estimator: str, *, mc_samples: int = 32) -> np.ndarray:
+    """One informativeness score per input [N] under the scoring model `params`."""
     if estimator not in ESTIMATORS:
         raise JalError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    return np.asarray(ESTIMATORS[estimator](mc_log_probs(params, images, key=key, num_samples=mc_samples)))
+    return np.asarray(ESTIMATORS[estimator](mc_log_probs(model, params, inputs, key=key, mc_samples=mc_samples)))
 
 
 def filter_curve(
     key,
+    model: Model,
     data: Data,
     pool_labels,
     scores: np.ndarray,
     *,
     protected=(),
-    fractions=FRACTIONS,
+    fractions=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9),
     config: TrainConfig,
     mc_samples: int = 32,
     seed: int = 0,
@@ -120,8 +120,8 @@ def filter_curve(
                 continue  # the same (whole) pool as "lowest" at 0
             kept = kept_indices(scores, fraction, protected=protected, rng=rng if removal == "random" else None)
             fit_key, test_key = jax.random.split(fraction_key)
-            params = fit(fit_key, data.pool_images, pool_labels, kept, config)
-            accuracy, nll = test_metrics(test_key, params, data, mc_samples=mc_samples)
+            params = fit(fit_key, model, data.pool_inputs, pool_labels, kept, config)
+            accuracy, nll = test_metrics(test_key, model, params, data, mc_samples=mc_samples)
             results.append(Evaluation(float(fraction), removal, len(kept), accuracy, nll))
             on_result(results[-1])
     return results

@@ -21,46 +21,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jal.acquisition import METHODS, SAMPLINGS, choose, random_scores, top_k_unlabeled
-from jal.batchbald import batchbald
-from jal.epig import epig, sample_targets
+from jal.acquire import SAMPLINGS, Acquisition, resolve, select
+from jal.acquire.epig import sample_targets
+from jal.acquire.estimators import accuracy_and_nll
 from jal.errors import JalError
-from jal.estimators import ESTIMATORS, accuracy_and_nll
-from jal.model import NUM_CLASSES
-from jal.scoring import deterministic_log_probs, mc_log_probs
+from jal.models import Model
+from jal.models.lenet5 import LeNet5
+from jal.scoring import log_probs, mc_log_probs
 from jal.train import TrainConfig, epoch_size, train
 
 UNLABELED = -1
 
 
 class LoopConfig(NamedTuple):
-    acquisition: str = "bald"  # one of `jal.acquisition.METHODS`
+    model: Model = LeNet5()  # the reference's LeNet-5 (`jal.models`)
+    acquisition: str | Acquisition = "bald"  # a name of `jal.acquire.ACQUISITIONS`, or one's own
     acquire: int = 1  # samples labeled per iteration
     mc_samples: int = 32  # K
     chunk_size: int = 32  # inputs per scoring chunk (measured fastest on CPU: it stays in cache)
-    scorer: str = "factorised"  # or "direct"; the same function (`jal.scoring`)
     score_test: bool = True  # MC-score the test set; else evaluate it with one deterministic pass
-    sampling: str = "topk"  # or a stochastic draw from the scores: `jal.acquisition.SAMPLINGS`
+    sampling: str = "topk"  # or a stochastic draw from the scores: `jal.acquire.SAMPLINGS`
     temperature: float = 1.0  # of the stochastic draw
-    consistent: bool = False  # the same K masks for every input (always on for epig and batchbald)
-    joint_samples: int = 10_000  # BatchBALD's configuration budget M (`jal.batchbald`)
+    consistent: bool = False  # the same K masks for every input (always on where the acquisition needs it)
+    joint_samples: int = 10_000  # BatchBALD's configuration budget M (`jal.acquire.batchbald`)
     epig_targets: int = 100  # EPIG's target inputs, drawn from the pool each iteration
     train: TrainConfig = TrainConfig()
 
     @property
+    def acquisition_entry(self) -> Acquisition:
+        return resolve(self.acquisition)
+
+    @property
     def score_name(self) -> str:
-        """The score recorded for every sample: BALD for random and BatchBALD (its first step)."""
-        return "bald" if self.acquisition in ("random", "batchbald") else self.acquisition
+        """The score recorded for every sample (BALD for random and BatchBALD: BatchBALD's first step)."""
+        return self.acquisition_entry.recorded_score
 
     @property
     def consistent_masks(self) -> bool:
         """Joint quantities over several inputs need the same K networks for all of them."""
-        return self.consistent or self.acquisition in ("epig", "batchbald")
+        return self.consistent or self.acquisition_entry.consistent
 
 
 class Data(NamedTuple):
-    pool_images: jax.Array  # [P, 28, 28, 1] float32, normalised
-    test_images: jax.Array  # [T, 28, 28, 1] float32, normalised
+    pool_inputs: jax.Array  # [P, *input_shape] float32, normalised
+    test_inputs: jax.Array  # [T, *input_shape] float32, normalised
     test_labels: jax.Array  # [T] int32
 
 
@@ -95,33 +99,34 @@ class StepInfo(NamedTuple):
 def check_settings(pool_size: int, initial: int, acquire: int, iterations: int) -> None:
     """Raises JalError for pool and schedule sizes the loop cannot honour."""
     if pool_size < 1:
-        raise JalError("the pool is empty; use a pool size of at least 1")
+        raise JalError("the pool is empty; use a `pool_size` of at least 1")
     if not 1 <= initial <= pool_size:
-        raise JalError(f"--initial {initial} must be between 1 and the pool size {pool_size}")
+        raise JalError(f"`initial` {initial} must be between 1 and the pool size {pool_size}")
     if acquire < 0 or iterations < 0:
-        raise JalError("--acquire and --iterations must be non-negative")
+        raise JalError("`acquire` and `iterations` must be non-negative")
     if initial + acquire * iterations > pool_size:
         raise JalError(
             f"{initial} initial + {iterations} x {acquire} acquired labels exceed the pool of {pool_size}; "
-            "lower --iterations or --acquire, or raise --pool-size"
+            "lower `iterations` or `acquire`, or raise `pool_size`"
         )
 
 
 def check_config(config: LoopConfig) -> None:
     """Raises JalError for LoopConfig settings that contradict each other."""
-    if config.acquisition not in METHODS:
-        raise JalError(f"unknown acquisition {config.acquisition!r}; choose one of {', '.join(METHODS)}")
+    entry = config.acquisition_entry
     if config.sampling not in SAMPLINGS:
         raise JalError(f"unknown sampling {config.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
-    if config.sampling != "topk" and config.acquisition in ("random", "batchbald"):
-        raise JalError(f"--sampling {config.sampling} does not apply to {config.acquisition}; use --sampling topk")
+    if config.sampling != "topk" and entry.select is not None:
+        raise JalError(f"`sampling` {config.sampling} does not apply to {entry.name}; use `sampling` topk")
     if not config.temperature >= 0:
-        raise JalError(f"--temperature {config.temperature} must be >= 0")
+        raise JalError(f"`temperature` {config.temperature} must be >= 0")
     if config.joint_samples < 1 or config.epig_targets < 1:
-        raise JalError("--joint-samples and --epig-targets must be at least 1")
+        raise JalError("`joint_samples` and `epig_targets` must be at least 1")
+    if config.acquire < 0 or config.mc_samples < 1 or config.chunk_size < 1:
+        raise JalError("`acquire` must be non-negative, `mc_samples` and `chunk_size` at least 1")
 
 
-def _checked(indices, labels, labeled: np.ndarray) -> tuple[jax.Array, jax.Array]:
+def _checked(indices, labels, labeled: np.ndarray, num_classes: int | None) -> tuple[jax.Array, jax.Array]:
     """Indices and labels as int32 device arrays, after checking they can be given."""
     indices, labels = np.asarray(indices), np.asarray(labels)
     if indices.shape != labels.shape or indices.ndim != 1 or indices.dtype.kind not in "iu":
@@ -130,14 +135,18 @@ def _checked(indices, labels, labeled: np.ndarray) -> tuple[jax.Array, jax.Array
         raise JalError(f"pool indices must lie in 0..{len(labeled) - 1}")
     if len(np.unique(indices)) != len(indices) or labeled[indices].any():
         raise JalError("some of these samples are already labeled or repeated; label each pool sample once")
-    if ((labels < 0) | (labels >= NUM_CLASSES)).any():
-        raise JalError(f"labels must be classes 0..{NUM_CLASSES - 1}")
+    if labels.dtype.kind not in "iu" or (labels < 0).any():
+        raise JalError("labels must be integer classes 0..C-1")
+    if num_classes is not None and (labels >= num_classes).any():
+        raise JalError(f"label {int(labels.max())}: labels must be classes 0..{num_classes - 1}")
     return jnp.asarray(indices, jnp.int32), jnp.asarray(labels, jnp.int32)
 
 
-def init(key: jax.Array, pool_size: int, initial_indices, initial_labels) -> LoopState:
-    """The state before the first iteration: the initial samples labeled, in order."""
-    indices, labels = _checked(initial_indices, initial_labels, np.zeros(pool_size, bool))
+def init(
+    key: jax.Array, pool_size: int, initial_indices, initial_labels, *, num_classes: int | None = None
+) -> LoopState:
+    """The state before the first iteration: the initial samples labeled, in order (labels checked against C)."""
+    indices, labels = _checked(initial_indices, initial_labels, np.zeros(pool_size, bool), num_classes)
     empty = jnp.full((pool_size,), UNLABELED, jnp.int32)
     return LoopState(
         empty.at[indices].set(labels), empty.at[: len(indices)].set(indices), jnp.int32(len(indices)), jnp.int32(0), key
@@ -149,23 +158,25 @@ def initial_indices(pool_size: int, initial: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(pool_size)[:initial]
 
 
-def balanced_initial_indices(pool_labels, per_class: int, seed: int) -> np.ndarray:
+def balanced_initial_indices(pool_labels, per_class: int, seed: int, *, num_classes: int = 10) -> np.ndarray:
     """`per_class` pool samples of every class, chosen at random (the BatchBALD paper's start)."""
     pool_labels = np.asarray(pool_labels)
     shuffled = np.random.RandomState(seed).permutation(len(pool_labels))
-    chosen = [shuffled[pool_labels[shuffled] == c][:per_class] for c in range(NUM_CLASSES)]
+    chosen = [shuffled[pool_labels[shuffled] == c][:per_class] for c in range(num_classes)]
     if min(len(c) for c in chosen) < per_class:
-        raise JalError(f"the pool has fewer than {per_class} samples of some class; lower --initial-per-class")
+        raise JalError(f"the pool has fewer than {per_class} samples of some class; lower `initial_per_class`")
     return np.sort(np.concatenate(chosen))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "samples_per_epoch"))
 def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_epoch: int):
+    model, entry = config.model, config.acquisition_entry
     key = jax.random.fold_in(state.key, state.iteration)
     train_key, pool_key, test_key, acquire_key = jax.random.split(key, 4)
     params, train_loss = train(
         train_key,
-        data.pool_images,
+        model,
+        data.pool_inputs,
         state.labels,
         state.order,
         state.num_labeled,
@@ -174,45 +185,27 @@ def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_ep
     )
     mc = functools.partial(
         mc_log_probs,
-        num_samples=config.mc_samples,
+        model,
+        mc_samples=config.mc_samples,
         chunk_size=config.chunk_size,
-        method=config.scorer,
-        conv=config.train.conv,
         consistent=config.consistent_masks,
     )
     if config.consistent_masks:
         test_key = pool_key  # the same K networks for the pool and the test set
-    pool_log_probs = mc(params, data.pool_images, key=pool_key)
-    if config.acquisition == "epig":
+    pool_log_probs = mc(params, data.pool_inputs, key=pool_key)
+    targets = None
+    if entry.uses_targets:
         acquire_key, target_key = jax.random.split(acquire_key)
         targets = pool_log_probs[sample_targets(target_key, pool_log_probs.shape[0], config.epig_targets)]
-        score = functools.partial(epig, target_log_probs=targets)
-    else:
-        score = ESTIMATORS[config.score_name]
-    pool_scores = score(pool_log_probs)
+    pool_scores = entry.score(pool_log_probs, targets)
     if config.score_test:
-        test_log_probs = mc(params, data.test_images, key=test_key)
-        test_scores = score(test_log_probs)
+        test_log_probs = mc(params, data.test_inputs, key=test_key)
+        test_scores = entry.score(test_log_probs, targets)
     else:
-        test_log_probs = deterministic_log_probs(params, data.test_images)
+        test_log_probs = log_probs(model, params, data.test_inputs)
         test_scores = jnp.zeros((0,), jnp.float32)
     accuracy, nll = accuracy_and_nll(test_log_probs, data.test_labels)
-
-    if config.acquisition == "random":
-        acquired, _ = top_k_unlabeled(random_scores(acquire_key, pool_scores.shape[0]), state.labeled, config.acquire)
-    elif config.acquisition == "batchbald":
-        acquired, _ = batchbald(
-            pool_log_probs, config.acquire, key=acquire_key, num_samples=config.joint_samples, excluded=state.labeled
-        )
-    else:
-        acquired, _ = choose(
-            acquire_key,
-            pool_scores,
-            state.labeled,
-            config.acquire,
-            sampling=config.sampling,
-            temperature=config.temperature,
-        )
+    acquired = select(entry, acquire_key, pool_log_probs, pool_scores, state.labeled, config.acquire, config)
     info = StepInfo(
         state.iteration,
         state.num_labeled,
@@ -266,9 +259,9 @@ def _label(state: LoopState, indices: jax.Array, labels: jax.Array) -> LoopState
     )
 
 
-def label(state: LoopState, indices, labels) -> LoopState:
-    """A new state with `labels` given to the pool samples `indices` (not yet labeled)."""
-    return _label(state, *_checked(indices, labels, np.asarray(state.labeled)))
+def label(state: LoopState, indices, labels, *, num_classes: int | None = None) -> LoopState:
+    """A new state with `labels` given to the pool samples `indices` (not yet labeled; labels checked against C)."""
+    return _label(state, *_checked(indices, labels, np.asarray(state.labeled), num_classes))
 
 
 Oracle = Callable[[np.ndarray], np.ndarray]
@@ -283,7 +276,7 @@ def dataset_oracle(pool_labels) -> Oracle:
 def check_trained(info: StepInfo) -> StepInfo:
     """Raises JalError if training diverged: its scores would be meaningless."""
     if not np.isfinite(np.asarray(info.train_loss)).all():
-        raise JalError(f"training diverged (non-finite loss) at iteration {int(info.iteration)}; lower --lr")
+        raise JalError(f"training diverged (non-finite loss) at iteration {int(info.iteration)}; lower `learning_rate`")
     return info
 
 
@@ -292,7 +285,7 @@ def step(state: LoopState, data: Data, config: LoopConfig, oracle: Oracle) -> tu
     indices, info = propose(state, data, config)
     check_trained(info)
     indices = np.asarray(indices)
-    return label(state, indices, oracle(indices)), info
+    return label(state, indices, oracle(indices), num_classes=config.model.num_classes), info
 
 
 def run(

@@ -1,4 +1,4 @@
-"""`jal report`: one self-contained HTML page of runs, filtering results, diagnostics and figures.
+"""`jal report`: one self-contained HTML page of runs, filtering results, diagnostics and figures; the analysis table.
 
 Every figure of `jal figures` is embedded (base64 data URIs), so the page is one file to
 send or open anywhere, with no network access and nothing beside it.
@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from jal.analysis import ANALYSIS, table_rows
+from jal import store
 from jal.errors import JalError
-from jal.figures import is_filter_dir, read_filtering, write_figures
-from jal.store import read_config, read_metrics
+from jal.figures import write_figures
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
@@ -37,6 +35,77 @@ def labels_to_reach(metrics: list[dict], threshold: float) -> int | None:
     return next((m["num_labeled"] for m in metrics if m["test_accuracy"] >= threshold), None)
 
 
+def _mean(values, digits: int = 4) -> str:
+    """The mean of a per-round list as text; "-" where absent (no sibling, one round)."""
+    return f"{np.mean(values):.{digits}f}" if values else "-"
+
+
+def _since_start(entry: dict, last: int) -> str:
+    if "rise_since_start" not in entry:  # absent from older analyses
+        return "-"
+    return f"{entry['rise_since_start'][last]:.4f}, {entry['fall_since_start'][last]:.4f}"
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """The summary of `analyze`'s result: a header and one row per K, plus the recorded history."""
+    last = len(result["rounds"]) - 1
+    middle = last // 2
+    header = [
+        "K",
+        "noise sd (median)",
+        "score (median)",
+        "rises (mean, max)",
+        "falls (mean)",
+        "rises on retraining (mean)",
+        f"since r0 at r{result['rounds'][last]}: rises, falls",
+        f"Spearman r{result['rounds'][middle]}",
+        f"Spearman r{result['rounds'][last]}",
+        "Spearman with sibling (mean)",
+        *(f"regret {f:.0%}" for f in result["filter_fractions"]),
+    ]
+    rows = []
+    for k, entry in result["by_mc_samples"].items():
+        rises = entry["rise_fraction"]
+        rank = entry["rank_correlation"]
+        rows.append(
+            [
+                k,
+                f"{entry['median_noise_sd']:.4f}",
+                f"{entry['median_score']:.4f}",
+                f"{_mean(rises)}, {max(rises):.4f}" if rises else "-",
+                _mean(entry.get("fall_fraction")),
+                _mean(entry.get("retrain_rise_fraction")),
+                _since_start(entry, last),
+                f"{rank[middle]:.3f}",
+                f"{rank[last]:.3f}",
+                _mean(entry.get("retrain_rank_correlation"), 3),
+                *(f"{x:.3f}" for x in entry["filter_regret"]),
+            ]
+        )
+    recorded = result["recorded"]
+    rows.append(
+        [
+            f"recorded (K={result['run_mc_samples']}, whole pool)",
+            *["-"] * 6,
+            f"{recorded['rank_correlation'][result['rounds'][middle]]:.3f}",
+            f"{recorded['rank_correlation'][result['rounds'][last]]:.3f}",
+            "-",
+            *(f"{x:.3f}" for x in recorded["filter_regret"]),
+        ]
+    )
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def table(result: dict) -> str:
+    """The terminal summary of `analyze`'s result, as a Markdown table."""
+    return markdown_table(*table_rows(result))
+
+
 def _table(header, rows, table_id: str) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -51,18 +120,19 @@ def _image(path: Path, caption: str) -> str:
 
 
 def _runs_table(run_dirs: list[Path]) -> str:
-    header = ["run", "acquisition", "K", "labels", "final test accuracy", "final NLL",
+    header = ["run", "model", "acquisition", "K", "labels", "final test accuracy", "final NLL",
               *(f"labels to {t:.0%}" for t in THRESHOLDS), "median s/round"]  # fmt: skip
     rows = []
     for run_dir in run_dirs:
-        config, metrics = read_config(run_dir), read_metrics(run_dir)
+        config, metrics = store.read_config(run_dir), store.read_metrics(run_dir)
         if not metrics:
             raise JalError(f"{run_dir}: no finished round to report")
         last = metrics[-1]
         reach = [labels_to_reach(metrics, t) for t in THRESHOLDS]
         seconds = [m["seconds"] for m in metrics[1:]] or [metrics[0]["seconds"]]
         rows.append(
-            [run_dir.name, config.get("acquisition"), config.get("mc_samples"), last["num_labeled"],
+            [run_dir.name, config["model"]["name"], config["loop"]["acquisition"], config["loop"]["mc_samples"],
+             last["num_labeled"],
              f"{last['test_accuracy']:.4f}", f"{last['test_nll']:.4f}",
              *("not reached" if n is None else n for n in reach), f"{np.median(seconds):.1f}"]
         )  # fmt: skip
@@ -73,13 +143,13 @@ def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -
     """Writes the report of run and `jal filter` directories to `out` (an .html file)."""
     out = Path(out)
     if out.suffix.lower() not in {".html", ".htm"}:
-        raise JalError(f"--out {out}: use an .html file name")
+        raise JalError(f"`out` {out}: use an .html file name")
     directories = [Path(d) for d in directories]
     for directory in directories:
         if not directory.is_dir():
             raise JalError(f"{directory}: no such directory; pass jal run or jal filter directories")
-    run_dirs = [d for d in directories if not is_filter_dir(d)]
-    filter_dirs = [d for d in directories if is_filter_dir(d)]
+    run_dirs = [d for d in directories if not store.is_filter_dir(d)]
+    filter_dirs = [d for d in directories if store.is_filter_dir(d)]
     many = len(directories) > 1
     parts = ["<h1>jal report</h1>"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,13 +162,12 @@ def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -
             where = tmp / run_dir.name if many else tmp
             parts.append(f"<h2>{html.escape(run_dir.name)}</h2>")
             parts.append(_image(where / "score_evolution_ema.gif", f"{run_dir.name}: score evolution (EMA 0.9)"))
-            analysis_path = run_dir / ANALYSIS
-            if analysis_path.exists():
+            analysis = store.read_analysis(run_dir)
+            if analysis is not None:
                 try:
-                    analysis = json.loads(analysis_path.read_text())
                     header, rows = table_rows(analysis)
-                except (OSError, ValueError, KeyError) as e:
-                    raise JalError(f"{analysis_path}: cannot read ({e}); run jal analyze again") from e
+                except (KeyError, IndexError, TypeError) as e:
+                    raise JalError(f"{run_dir}/{store.ANALYSIS}: cannot read ({e}); run jal analyze again") from e
                 parts.append("<h3>Submodularity diagnostics</h3>")
                 parts.append(
                     f"<p>{analysis['subset_size']} pool samples re-scored {analysis['repeats']} times per round; "
@@ -110,7 +179,7 @@ def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -
                 parts.append(_image(where / "diagnostics.png", f"{run_dir.name}: diagnostics"))
         for filter_dir in filter_dirs:
             where = tmp / filter_dir.name if many else tmp
-            evaluations = read_filtering(filter_dir)
+            evaluations = store.read_filtering(filter_dir)
             parts.append(f"<h2>Data filtering: {html.escape(filter_dir.name)}</h2>")
             rows = [[f"{e['fraction']:.0%}", e["removal"], e["num_kept"], f"{e['test_accuracy']:.4f}",
                      f"{e['test_nll']:.4f}"] for e in evaluations]  # fmt: skip
@@ -131,5 +200,5 @@ def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -
         tmp_out.replace(out)
     except OSError as e:
         tmp_out.unlink(missing_ok=True)
-        raise JalError(f"--out {out}: cannot write it ({e}); choose a writable place") from e
+        raise JalError(f"`out` {out}: cannot write it ({e}); choose a writable place") from e
     return out

@@ -1,17 +1,27 @@
-"""The run directory, written as the run goes so an interrupted run keeps what it finished.
+"""Every on-disk format of jal: the run directory, the filter directory and analysis.json.
+
+A run directory, written as the run goes so an interrupted run keeps what it finished:
 
 RUN_DIR/
-  config.json        every setting, the initial labeled set and the package versions
-  metrics.jsonl      one JSON object per iteration (see `StepInfo` and `metrics_record`)
-  pool_indices.npy   int64 [P]: which training-set images form the pool
+  config.json        the run's settings (`jal.config.RunConfig`), and under "record" what
+                     they resolved to: data source, pool, initial labels, backend, versions
+  metrics.jsonl      one JSON object per iteration (see `metrics_record`)
+  pool_indices.npy   int64 [P]: which training inputs form the pool
   pool_scores.npy    float32 [R, P]: the score of every pool sample at every round
   test_scores.npy    float32 [R, T]: the same for the test set (absent with --skip-test-scores)
-  models.npy         float32 [R, D]: each round's trained LeNet parameters, flattened
+  models.npy         float32 [R, D]: each round's trained parameters, flattened
                      (`read_model`), so that its scores can be recomputed, e.g. at another K
+  analysis.json      written by `jal analyze`
 
 R = iterations + 1 rounds (the last one trains and scores without acquiring). The score
 files are plain `.npy` arrays (`numpy.load(path, mmap_mode="r")` reads them without jal);
 rows of rounds that have not finished hold NaN.
+
+A filter directory (`jal filter`) holds config.json, pool_indices.npy, filter_scores.npy
+and filtering.jsonl, one evaluation per line.
+
+This module imports numpy alone (and jax only to unflatten a model), so figures and
+reports read runs without the training stack.
 """
 
 from __future__ import annotations
@@ -22,33 +32,48 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
-import jax
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from jal.diagnostics import labeled_by_round
 from jal.errors import JalError
-from jal.model import init_params
 
 CONFIG, METRICS = "config.json", "metrics.jsonl"
 POOL_SCORES, TEST_SCORES, POOL_INDICES = "pool_scores.npy", "test_scores.npy", "pool_indices.npy"
 MODELS = "models.npy"
+FILTERING, FILTER_SCORES = "filtering.jsonl", "filter_scores.npy"
+ANALYSIS = "analysis.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy")
 
 
 def versions() -> dict:
+    """Python's and the packages' versions, jal's own among them; in a clone, its commit ("-dirty" if changed)."""
     found = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in ("jal", *PACKAGES):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
+    found["jal_commit"] = _commit(Path(__file__).resolve().parent.parent)
     return found
 
 
+def _commit(root: Path) -> str | None:
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = functools.partial(subprocess.run, capture_output=True, text=True, check=True, timeout=10, cwd=root)
+        commit = git(["git", "rev-parse", "HEAD"]).stdout.strip()
+        changed = git(["git", "status", "--porcelain", "--untracked-files=no", "--", "jal"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if changed else "")
+
+
 def metrics_record(info, seconds: float) -> dict:
-    """One line of metrics.jsonl from a StepInfo."""
+    """One line of metrics.jsonl from a `jal.loop.StepInfo`."""
     pool_scores = np.asarray(info.pool_scores)
     return {
         "iteration": int(info.iteration),
@@ -64,14 +89,14 @@ def metrics_record(info, seconds: float) -> dict:
     }
 
 
-def check_run_dir(run_dir: str | os.PathLike) -> None:
-    """Raises JalError unless `run_dir` is absent or an empty folder, in a writable place."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise JalError(f"{run_dir} exists and is not an empty folder; choose another --out or remove it")
-    parent = next(p for p in run_dir.absolute().parents if p.exists())
+def check_new_directory(directory: str | os.PathLike) -> None:
+    """Raises JalError unless `directory` is absent or an empty folder, in a writable place."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise JalError(f"{directory} exists and is not an empty folder; choose another `out` or remove it")
+    parent = next(p for p in directory.absolute().parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise JalError(f"{run_dir}: cannot create it under {parent}; choose a writable place")
+        raise JalError(f"{directory}: cannot create it under {parent}; choose a writable place")
 
 
 @contextlib.contextmanager
@@ -90,32 +115,49 @@ def new_directory(directory: Path):
             path.unlink()
         if not existed and directory.is_dir():
             directory.rmdir()
-        raise JalError(f"{directory}: cannot write it ({e}); free some space or choose another --out") from e
+        raise JalError(f"{directory}: cannot write it ({e}); free some space or choose another `out`") from e
+
+
+def write_json(path: Path, obj) -> None:
+    """Writes `obj` as JSON, atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise JalError(f"{path}: cannot read ({e}); is {Path(path).parent} a {what}?") from e
 
 
 class RunWriter:
     """Creates a run directory and appends one round at a time to it."""
 
-    def __init__(self, run_dir: str | os.PathLike, config: dict, *, pool_indices, rounds: int, test_size: int):
-        check_run_dir(run_dir)
+    def __init__(self, run_dir: str | os.PathLike, config: dict, *, pool_indices, rounds: int, test_size: int,
+                 model_size: int):  # fmt: skip
+        check_new_directory(run_dir)
         self.run_dir = Path(run_dir)
         with new_directory(self.run_dir):
-            write_json(self.run_dir / CONFIG, {**config, "versions": versions()})
+            write_json(self.run_dir / CONFIG, config)
             np.save(self.run_dir / POOL_INDICES, np.asarray(pool_indices))
             self.pool_scores = _nan_memmap(self.run_dir / POOL_SCORES, (rounds, len(pool_indices)))
             self.test_scores = _nan_memmap(self.run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
-            self.models = _nan_memmap(self.run_dir / MODELS, (rounds, _layout()[0]))
+            self.models = _nan_memmap(self.run_dir / MODELS, (rounds, model_size))
             self.metrics = open(self.run_dir / METRICS, "a")
         self.round = 0
 
     def append(self, info, seconds: float) -> dict:
-        """Writes one round's scores and metrics and flushes them to disk; returns the metrics."""
+        """Writes one round's scores, model and metrics and flushes them to disk; returns the metrics."""
+        from jax.flatten_util import ravel_pytree
+
         self.pool_scores[self.round] = np.asarray(info.pool_scores)
         self.pool_scores.flush()
         if self.test_scores is not None:
             self.test_scores[self.round] = np.asarray(info.test_scores)
             self.test_scores.flush()
-        self.models[self.round] = _flatten(info.params)
+        self.models[self.round] = np.asarray(ravel_pytree(info.params)[0])
         self.models.flush()
         record = metrics_record(info, seconds)
         self.metrics.write(json.dumps(record) + "\n")
@@ -127,12 +169,6 @@ class RunWriter:
         self.metrics.close()
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _nan_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     array[:] = np.nan
@@ -140,14 +176,14 @@ def _nan_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
     return array
 
 
-def read_config(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise JalError(f"{path}: cannot read ({e}); is {run_dir} a jal run directory?") from e
+def read_config(directory: str | os.PathLike) -> dict:
+    """The config.json of a run or filter directory: its settings, and what they resolved to under "record"."""
+    path = Path(directory) / CONFIG
+    config = read_json(path, "jal run or filter directory")
     if not isinstance(config, dict):
-        raise JalError(f"{path}: not a JSON object; is {run_dir} a jal run directory?")
+        raise JalError(f"{path}: not a JSON object; is {directory} a jal run directory?")
+    if "record" not in config:
+        raise JalError(f"{path}: written by an older jal (no 'record'); run it again with this version")
     return config
 
 
@@ -178,37 +214,74 @@ def read_scores(run_dir: str | os.PathLike, split: str = "pool") -> np.ndarray:
         raise JalError(f"{path}: cannot read ({e}); the run has no {split} scores or the file is corrupt") from e
 
 
-@functools.cache
-def _layout():
-    """(number of LeNet parameters, the function that unflattens a row of models.npy)."""
-    flat, unflatten = ravel_pytree(init_params(jax.random.key(0)))
-    return flat.size, unflatten
-
-
-def read_pool_indices(run_dir: str | os.PathLike) -> np.ndarray:
-    """The training-set index of each pool sample [P]."""
-    path = Path(run_dir) / POOL_INDICES
+def read_pool_indices(directory: str | os.PathLike) -> np.ndarray:
+    """The training-split index of each pool sample [P]."""
+    path = Path(directory) / POOL_INDICES
     try:
         return np.load(path)
     except (OSError, ValueError) as e:
-        raise JalError(f"{path}: cannot read ({e}); is {run_dir} a jal run directory?") from e
+        raise JalError(f"{path}: cannot read ({e}); is {directory} a jal run directory?") from e
 
 
-def _flatten(params) -> np.ndarray:
-    return np.asarray(ravel_pytree(params)[0])
+def read_history(run_dir: str | os.PathLike) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:
+    """A run's config, its finished rounds' metrics, their pool scores [R, P] and labeled masks [R, P]."""
+    config, metrics = read_config(run_dir), read_metrics(run_dir)
+    if not metrics:
+        raise JalError(f"{run_dir}: no finished round yet")
+    history = np.asarray(read_scores(run_dir, "pool"))[: len(metrics)]
+    labeled = labeled_by_round(history.shape[1], config["record"]["initial_indices"], [m["acquired"] for m in metrics])
+    return config, metrics, history, labeled
 
 
-def read_model(run_dir: str | os.PathLike, round_: int) -> dict:
-    """The LeNet parameters trained in round `round_` of a run."""
+def read_model(run_dir: str | os.PathLike, round_: int, template):
+    """The parameters trained in round `round_` of a run, shaped like `template` (the model's fresh parameters)."""
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
     path = Path(run_dir) / MODELS
     try:
         models = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as e:
         raise JalError(f"{path}: cannot read ({e}); runs before models were saved cannot be re-scored") from e
-    size, unflatten = _layout()
-    if models.ndim != 2 or models.shape[1] != size or not 0 <= round_ < len(models):
-        raise JalError(f"{path}: holds {models.shape}, not round {round_} of {size} parameters; is it corrupt?")
+    flat, unflatten = ravel_pytree(template)
+    if models.ndim != 2 or models.shape[1] != flat.size or not 0 <= round_ < len(models):
+        raise JalError(f"{path}: holds {models.shape}, not round {round_} of {flat.size} parameters; is it corrupt?")
     row = np.asarray(models[round_])
     if np.isnan(row).any():
         raise JalError(f"{path}: round {round_} did not finish; choose an earlier round")
-    return unflatten(jax.numpy.asarray(row))
+    return unflatten(jnp.asarray(row))
+
+
+def is_filter_dir(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / FILTERING).exists()
+
+
+def append_filtering(filter_dir: str | os.PathLike, evaluation: dict) -> None:
+    with (Path(filter_dir) / FILTERING).open("a") as f:
+        f.write(json.dumps(evaluation) + "\n")
+
+
+def read_filtering(filter_dir: str | os.PathLike) -> list[dict]:
+    """The evaluations of a `jal filter` directory."""
+    path = Path(filter_dir) / FILTERING
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise JalError(f"{path}: cannot read ({e}); is {filter_dir} a jal filter directory?") from e
+
+
+def write_analysis(run_dir: str | os.PathLike, result: dict) -> Path:
+    path = Path(run_dir) / ANALYSIS
+    write_json(path, result)
+    return path
+
+
+def read_analysis(run_dir: str | os.PathLike) -> dict | None:
+    """The `jal analyze` result of a run, or None where it has none."""
+    path = Path(run_dir) / ANALYSIS
+    if not path.exists():
+        return None
+    analysis = read_json(path, "jal run directory")
+    if not isinstance(analysis, dict) or "by_mc_samples" not in analysis:
+        raise JalError(f"{path}: not a jal analysis; run jal analyze again")
+    return analysis

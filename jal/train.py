@@ -1,4 +1,4 @@
-"""Training a fresh LeNet on the labeled set, as the reference does at every iteration.
+"""Training a fresh model on the labeled set, as the reference does at every iteration.
 
 Adam (lr 5e-4) with PyTorch's `weight_decay` semantics (L2 added to the gradient before
 Adam, not AdamW), batch 64, a few epochs over a bootstrap sample of max(10,000, |labeled|)
@@ -12,13 +12,12 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-import jal.native
-from jal.errors import JalError
-from jal.model import LeNet, channel_major_logits, init_params, resolve_conv, sample_masks
+from jal.models import Model
 
 
 class TrainConfig(NamedTuple):
@@ -27,20 +26,6 @@ class TrainConfig(NamedTuple):
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
     min_samples_per_epoch: int = 10_000
-    conv: str = "auto"  # "auto" or one of `jal.model.CONVS`; see `jal.model.default_conv`
-
-
-def train_config_from(settings) -> TrainConfig:
-    """The TrainConfig of `jal run` or `jal filter` settings: their parsed flags or a run's config.json."""
-    conv = settings.get("conv", "auto")
-    return TrainConfig(
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        learning_rate=settings["lr"],
-        weight_decay=settings["weight_decay"],
-        min_samples_per_epoch=settings["min_samples_per_epoch"],
-        conv=resolve_conv(conv),
-    )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -55,21 +40,6 @@ def epoch_size(num_labeled: int, config: TrainConfig) -> int:
     min_samples_per_epoch, which covers every pool of up to that size.
     """
     return max(config.min_samples_per_epoch, num_labeled)
-
-
-def logits(params, images: jax.Array, masks, conv: str) -> jax.Array:
-    """Training logits [N, 10] with dropout masks (batch [N]), conv2 computed as `conv` says.
-
-    "native" runs conv2 in the native CPU kernel (`jal.native.masked_conv2`), which skips
-    the channels the masks drop; the others run `LeNet` with that convolution; "auto" picks
-    the fastest here (`jal.model.default_conv`).
-    """
-    conv = resolve_conv(conv)
-    if conv != "native":
-        return LeNet(conv=conv).apply({"params": params}, images, masks)
-    if jax.default_backend() != "cpu" or not jal.native.available():
-        raise JalError(f"conv 'native' needs the native CPU kernel ({jax.default_backend()} here); use conv 'auto'")
-    return channel_major_logits(params, images, masks, conv2=jal.native.masked_conv2)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
@@ -90,10 +60,11 @@ def bootstrap(key: jax.Array, order: jax.Array, num_labeled: jax.Array, size: in
     return jnp.where(num_labeled < size, draws, order[:size])
 
 
-@functools.partial(jax.jit, static_argnames=("config", "samples_per_epoch"))
+@functools.partial(jax.jit, static_argnames=("model", "config", "samples_per_epoch"))
 def train(
     key: jax.Array,
-    images: jax.Array,
+    model: Model,
+    inputs: jax.Array,
     labels: jax.Array,
     order: jax.Array,
     num_labeled: jax.Array,
@@ -105,7 +76,8 @@ def train(
 
     Args:
       key: PRNG key for the initialisation, the bootstrap, the shuffles and dropout.
-      images: [P, 28, 28, 1] normalised pool images.
+      model: the model (`jal.models`), initialised afresh.
+      inputs: [P, *model.input_shape] normalised pool inputs.
       labels: [P] int32 labels, read only at labeled indices.
       order: [P] int32 pool indices, the first `num_labeled` of which are labeled.
       num_labeled: scalar int32, at least 1.
@@ -115,9 +87,11 @@ def train(
     Returns:
       The trained parameters and the mean training loss of each epoch [epochs].
     """
+    chex.assert_shape(inputs, (None, *model.input_shape))
+    chex.assert_shape([labels, order], (inputs.shape[0],))
     init_key, boot_key, epochs_key = jax.random.split(key, 3)
     optimizer = make_optimizer(config)
-    params = init_params(init_key)
+    params = model.init(init_key)
     sample = bootstrap(boot_key, order, num_labeled, samples_per_epoch)
 
     batch = config.batch_size
@@ -126,14 +100,13 @@ def train(
     # padding with weight 0 keeps every batch the same shape.
     weights = (jnp.arange(steps * batch) < samples_per_epoch).astype(jnp.float32).reshape(steps, batch)
 
-    def loss_fn(params, key, batch_images, batch_labels, batch_weights):
-        masks = sample_masks(key, (batch_images.shape[0],))
-        return weighted_cross_entropy(logits(params, batch_images, masks, config.conv), batch_labels, batch_weights)
+    def loss_fn(params, key, batch_inputs, batch_labels, batch_weights):
+        return weighted_cross_entropy(model.logits(params, batch_inputs, key), batch_labels, batch_weights)
 
     def train_step(carry, step_input):
         params, opt_state = carry
         key, indices, batch_weights = step_input
-        loss, grads = jax.value_and_grad(loss_fn)(params, key, images[indices], labels[indices], batch_weights)
+        loss, grads = jax.value_and_grad(loss_fn)(params, key, inputs[indices], labels[indices], batch_weights)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 

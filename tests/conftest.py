@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jal.data import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC
+from jal.data.mnist import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC, NORMALIZATION
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -30,6 +30,11 @@ def synthetic_mnist(num_train: int, num_test: int, seed: int = 0):
         return images, labels
 
     return (*make(num_train), *make(num_test))
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """MNIST-format uint8 images [N, 28, 28] as LeNet's float32 inputs [N, 28, 28, 1]."""
+    return NORMALIZATION.apply(images[..., None])
 
 
 def write_idx_dir(directory: Path, arrays, *, gzipped: bool = True) -> Path:

@@ -1,9 +1,12 @@
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jal.acquisition import SAMPLINGS, choose, random_scores, sampling_log_weights, top_k_unlabeled
+from jal.acquire.sampling import SAMPLINGS, choose, random_scores, sampling_log_weights, top_k_unlabeled
 
 
 def test_top_k_takes_best_unlabeled_with_stable_ties():
@@ -105,3 +108,17 @@ def test_stochastic_batches_are_distinct_unlabeled_samples_even_for_zero_and_nan
             indices, _ = choose(jax.random.key(seed), scores, labeled, 4, sampling=sampling, temperature=1e-3)
             assert sorted(np.asarray(indices).tolist()) == [0, 1, 2, 4]
         assert np.isfinite(np.asarray(sampling_log_weights(scores, labeled, sampling, 1e-3))).all()
+
+
+class ChooseUnderJitAndWithout(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_choose_is_the_same_function_traced_or_not(self):
+        scores = jax.random.uniform(jax.random.key(0), (50,))
+        labeled = jnp.arange(50) % 7 == 0
+        for sampling in SAMPLINGS:
+            choose_k = functools.partial(choose, k=5, sampling=sampling, temperature=0.5)
+            indices, chosen = self.variant(choose_k)(jax.random.key(1), scores, labeled)
+            want, _ = choose(jax.random.key(1), scores, labeled, 5, sampling=sampling, temperature=0.5)
+            np.testing.assert_array_equal(indices, want, err_msg=sampling)
+            np.testing.assert_allclose(chosen, scores[indices])
+            assert not np.asarray(labeled)[np.asarray(indices)].any()

@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jal.batchbald import (
+from jal.acquire.batchbald import (
     batchbald,
     joint_entropy,
     joint_mutual_information,
     num_exact_steps,
     sampled_joint_entropy,
 )
-from jal.estimators import bald
+from jal.acquire.estimators import bald
 
 
 def random_log_probs(seed, n, k, c, sharpness=3.0):
@@ -42,8 +42,8 @@ def test_sampled_joint_entropy_approaches_the_exact_one():
     log_probs = random_log_probs(7, 4, 20, 10, sharpness=1.0)  # 10^4 configurations
     exact = float(joint_entropy(log_probs))
     errors = []
-    for num_samples in (100, 1_000, 100_000):
-        estimate = jax.jit(jax.vmap(lambda key: sampled_joint_entropy(key, log_probs, num_samples)))  # noqa: B023
+    for joint_samples in (100, 1_000, 100_000):
+        estimate = jax.jit(jax.vmap(lambda key: sampled_joint_entropy(key, log_probs, joint_samples)))  # noqa: B023
         estimates = estimate(jax.random.split(jax.random.key(0), 8))
         errors.append(np.sqrt(np.mean((np.asarray(estimates) - exact) ** 2)))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.01 * exact, (exact, errors)
@@ -58,17 +58,17 @@ def test_batch_of_one_is_top_bald_among_candidates():
     np.testing.assert_allclose(scores[0], scores_bald.max(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("num_samples", [4**4, 20])  # 4 classes: sampled from the 6th or the 4th step on
-def test_joint_mi_never_exceeds_the_sum_of_bald_and_never_repeats(num_samples):
+@pytest.mark.parametrize("joint_samples", [4**4, 20])  # 4 classes: sampled from the 6th or the 4th step on
+def test_joint_mi_never_exceeds_the_sum_of_bald_and_never_repeats(joint_samples):
     log_probs = random_log_probs(2, 200, 20, 4)
-    indices, scores = batchbald(log_probs, 6, key=jax.random.key(1), num_samples=num_samples)
+    indices, scores = batchbald(log_probs, 6, key=jax.random.key(1), joint_samples=joint_samples)
     indices = np.asarray(indices)
     assert len(set(indices.tolist())) == 6
     batch = log_probs[indices]
     for n in range(1, 7):  # every prefix of the greedy batch
         assert float(joint_mutual_information(batch[:n])) <= float(bald(batch[:n]).sum()) + 1e-5
     # Exact steps' scores are the prefixes' joint MI.
-    exact = num_exact_steps(4, 6, num_samples)
+    exact = num_exact_steps(4, 6, joint_samples)
     expected = [joint_mutual_information(batch[:n]) for n in range(1, exact + 1)]
     np.testing.assert_allclose(scores[:exact], expected, rtol=1e-4)
 
@@ -86,7 +86,7 @@ def test_duplicates_are_never_chosen_twice_and_add_no_information():
     indices, scores = batchbald(log_probs, 2, key=jax.random.key(0))
     assert np.asarray(indices).tolist() == [1, 3]
     # With 6 samples wanted from 6, every one is taken exactly once.
-    indices, _ = batchbald(log_probs, 6, key=jax.random.key(0), num_samples=4)
+    indices, _ = batchbald(log_probs, 6, key=jax.random.key(0), joint_samples=4)
     assert sorted(np.asarray(indices).tolist()) == list(range(6))
 
 
@@ -101,7 +101,7 @@ def test_same_indices_as_batchbald_redux_in_exact_mode():
     redux = pytest.importorskip("batchbald_redux.batchbald")
     log_probs = random_log_probs(3, 500, 10, 10)
     theirs = redux.get_batchbald_batch(torch.from_numpy(np.array(log_probs)), 4, 1000, dtype=torch.double)
-    ours, scores = batchbald(log_probs, 4, key=jax.random.key(0), num_samples=1000)
+    ours, scores = batchbald(log_probs, 4, key=jax.random.key(0), joint_samples=1000)
     assert np.asarray(ours).tolist() == theirs.indices
     np.testing.assert_allclose(scores, theirs.scores, rtol=1e-4)
 
@@ -109,6 +109,6 @@ def test_same_indices_as_batchbald_redux_in_exact_mode():
 def test_steps_without_a_candidate_say_so():
     log_probs = random_log_probs(4, 5, 6, 3)
     excluded = jnp.array([True, False, True, False, True])
-    indices, scores = batchbald(log_probs, 4, key=jax.random.key(0), excluded=excluded, num_samples=9)
+    indices, scores = batchbald(log_probs, 4, key=jax.random.key(0), excluded=excluded, joint_samples=9)
     assert sorted(np.asarray(indices)[:2].tolist()) == [1, 3] and np.asarray(indices)[2:].tolist() == [-1, -1]
     assert np.isfinite(np.asarray(scores)[:2]).all() and np.isneginf(np.asarray(scores)[2:]).all()

@@ -22,11 +22,12 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys, monkeypatch):
     assert [len(m["acquired"]) for m in metrics] == [5, 5, 0]
     assert all(0 <= m["test_accuracy"] <= 1 for m in metrics)
     config = json.loads((out / "config.json").read_text())
-    assert config["acquisition"] == "bald" and config["pool_size"] == 100 and len(config["initial_indices"]) == 10
+    assert config["loop"]["acquisition"] == "bald" and config["data"]["pool_size"] == 100
+    assert config["record"]["pool_size"] == 100 and len(config["record"]["initial_indices"]) == 10
     pool_scores, test_scores = np.load(out / "pool_scores.npy"), np.load(out / "test_scores.npy")
     assert pool_scores.shape == (3, 100) and test_scores.shape == (3, 200) and np.isfinite(pool_scores).all()
     acquired = [i for m in metrics for i in m["acquired"]]
-    assert not set(acquired) & set(config["initial_indices"]) and len(set(acquired)) == 10
+    assert not set(acquired) & set(config["record"]["initial_indices"]) and len(set(acquired)) == 10
 
     random_run = tmp_path / "random"
     assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(random_run), "--acquisition", "random",
@@ -44,16 +45,17 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys, monkeypatch):
     # Each round's sibling is trained on exactly the labels that round's model had.
     trained_on = []
 
-    def recording_fit(key, images, labels, kept, config):
+    def recording_fit(key, model, inputs, labels, kept, config):
         trained_on.append(sorted(kept.tolist()))
-        return real_fit(key, images, labels, kept, config)
+        return real_fit(key, model, inputs, labels, kept, config)
 
     real_fit = jal.analysis.fit
     monkeypatch.setattr(jal.analysis, "fit", recording_fit)
     capsys.readouterr()
     assert main(["analyze", str(out), *flags]) == 0
-    first, second = (config["initial_indices"] + metrics[0]["acquired"], metrics[1]["acquired"])
-    assert trained_on == [sorted(config["initial_indices"]), sorted(first), sorted(first + second)]
+    initial = config["record"]["initial_indices"]
+    first, second = (initial + metrics[0]["acquired"], metrics[1]["acquired"])
+    assert trained_on == [sorted(initial), sorted(first), sorted(first + second)]
     assert "| 64 |" in capsys.readouterr().out
     analysis = json.loads((out / "analysis.json").read_text())
     by_k = analysis["by_mc_samples"]
@@ -108,7 +110,7 @@ def test_run_on_real_mnist(mnist_dir, tmp_path):
         (["--acquisition", "magic"], "invalid choice"),
         (["--pool-size", "ten"], "not an integer"),
         (["--seed", str(2**32)], "above the maximum"),
-        (["--data-dir", "a", "--tfds-data-dir", "b"], "not allowed with"),
+        (["--data-dir", "a", "--tfds", "b"], "not allowed with"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, capsys):
@@ -124,8 +126,11 @@ def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, capsys):
     "flags, message",
     [
         (["--iterations", "100", "--acquire", "50"], "exceed the pool"),
-        (["--pool-size", "601"], "pool size 601"),
+        (["--pool-size", "601"], "--pool-size 601 must be between 1 and the 600 training samples"),
         (["--initial", "200"], "--initial 200"),
+        (["--tfds-data-dir", "b"], "--tfds-data-dir is for TFDS data, not with --data-dir; name one source"),
+        (["--model", "mlp", "--conv", "im2col"], "--conv does not apply to --model mlp; it takes --hidden-sizes"),
+        (["--model", "cnn", "--scorer", "vmapped"], "--scorer does not apply to --model cnn; it takes --conv"),
         (["--iterations", "1", "--acquisition", "batchbald", "--sampling", "power"], "does not apply to batchbald"),
         (["--iterations", "1", "--acquisition", "powerbald", "--sampling", "softmax"], "already sets --sampling power"),
     ],
@@ -158,5 +163,5 @@ def test_unusable_out_fails_before_loading_data(tmp_path, capsys):
 
 def test_plot_rejects_what_is_not_a_run(tmp_path, capsys):
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "f.png")]) == 2
-    assert "jal run directory" in capsys.readouterr().err
+    assert "a jal run or filter directory?" in capsys.readouterr().err
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "f.txt")]) == 2

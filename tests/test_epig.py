@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jal.epig import epig, sample_targets
+from jal.acquire.epig import epig, sample_targets
 
 
 def random_log_probs(seed, n, k, c):

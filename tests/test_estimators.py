@@ -1,3 +1,4 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from jal import estimators as est
+from jal.acquire import estimators as est
 
 
 def log(p):
@@ -79,3 +80,18 @@ def test_accuracy_and_nll_from_mean_probabilities():
     assert float(nll) == pytest.approx(-(np.log(0.6) + np.log(0.2)) / 2, rel=1e-5)
     accuracy, _ = est.accuracy_and_nll(lp[:, 0], jnp.array([0, 1]))  # one deterministic pass [N, C]
     assert float(accuracy) == 1.0
+
+
+class EstimatorsUnderJitAndWithout(chex.TestCase):
+    """Every estimator is a pure function: the same values traced under jit and run eagerly."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_every_estimator(self):
+        log_probs = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (7, 5, 4)) * 3)
+        for name, estimator in est.ESTIMATORS.items():
+            scores = self.variant(estimator)(log_probs)
+            chex.assert_shape(scores, (7,))
+            chex.assert_tree_all_finite(scores)
+            np.testing.assert_allclose(scores, jax.jit(estimator)(log_probs), rtol=1e-5, atol=1e-6, err_msg=name)
+        with pytest.raises(AssertionError, match="rank"):
+            self.variant(est.bald)(log_probs[0])  # [K, C] is not a batch

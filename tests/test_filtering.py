@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from jal.cli import main
-from jal.data import load_idx_dir, make_pool
+from jal.data import make_pool
+from jal.data.mnist import load_idx_dir
 from jal.errors import JalError
 from jal.filtering import kept_indices
 
@@ -43,7 +44,7 @@ def test_filter_curve_end_to_end(synthetic_dir, tmp_path, capsys):
     flags = ["--held-out", "30", "--pool-size", "100", "--fractions", "0.3", *TRAIN]
     assert main(["filter", "--data-dir", str(synthetic_dir), "--out", str(held_out), *flags]) == 0
     config = json.loads((held_out / "config.json").read_text())
-    assert not set(config["scoring_set"]) & set(np.load(held_out / "pool_indices.npy").tolist())
+    assert not set(config["record"]["scoring_set"]) & set(np.load(held_out / "pool_indices.npy").tolist())
     assert json.loads((held_out / "filtering.jsonl").read_text().splitlines()[0])["num_kept"] == 70
 
 
@@ -52,14 +53,15 @@ def test_active_learning_on_a_filtered_pool(synthetic_dir, tmp_path):
     flags = ["--pool-size", "100", "--initial", "10", "--acquire", "5", "--iterations", "2", *TRAIN]
     assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(out), "--filter-fraction", "0.5", *flags]) == 0
     config = json.loads((out / "config.json").read_text())
-    pool = make_pool(len(load_idx_dir(synthetic_dir).train_images), 100)
+    pool = make_pool(len(load_idx_dir(synthetic_dir).x_train), 100)
     kept = np.load(out / "pool_indices.npy")
-    assert len(kept) == 55 == config["filtered_pool_size"] and set(kept.tolist()) <= set(pool.tolist())
+    record = config["record"]
+    assert len(kept) == 55 == record["filtered_pool_size"] and set(kept.tolist()) <= set(pool.tolist())
     # The initial samples survive the filter, renumbered within the kept pool.
     initial = np.random.RandomState(42).permutation(100)[:10]
-    assert sorted(kept[config["initial_indices"]].tolist()) == sorted(pool[initial].tolist())
+    assert sorted(kept[record["initial_indices"]].tolist()) == sorted(pool[initial].tolist())
     assert np.load(out / "pool_scores.npy").shape == (3, 55)
-    assert np.load(out / "test_scores.npy").shape[1] == len(load_idx_dir(synthetic_dir).test_images)
+    assert np.load(out / "test_scores.npy").shape[1] == len(load_idx_dir(synthetic_dir).x_test)
 
 
 def test_filtering_more_than_the_schedule_allows_is_an_error(synthetic_dir, tmp_path, capsys):

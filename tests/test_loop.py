@@ -2,11 +2,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import synthetic_mnist
+from conftest import normalize, synthetic_mnist
 
 from jal import loop
-from jal.data import normalize
+from jal.acquire import ACQUISITIONS, Acquisition
+from jal.acquire.estimators import bald
 from jal.errors import JalError
+from jal.models import build_model
 from jal.train import TrainConfig
 
 POOL, INITIAL, ACQUIRE = 120, 10, 3
@@ -148,7 +150,9 @@ def test_a_person_can_label_between_steps(problem):
         loop.label(state, indices[:1], [1])
     unlabeled = int(np.flatnonzero(~np.asarray(state.labeled))[0])
     with pytest.raises(JalError, match="0..9"):
-        loop.label(state, [unlabeled], [10])
+        loop.label(state, [unlabeled], [10], num_classes=10)
+    with pytest.raises(JalError, match="integer classes"):
+        loop.label(state, [unlabeled], [1.5])
     for bad in ([-1], [POOL]):
         with pytest.raises(JalError, match="must lie in"):
             loop.label(state, bad, [1])
@@ -176,3 +180,52 @@ def test_run_calls_back_every_round_and_checks_settings(problem):
         loop.check_settings(0, 1, 1, 1)
     with pytest.raises(JalError, match="unknown acquisition"):
         loop.check_config(loop.LoopConfig(acquisition="magic"))
+
+
+def test_an_acquisition_defined_here_alone_works_from_the_loop(problem):
+    data, oracle = problem
+    calls = []
+
+    def lowest_bald(log_probs, targets):  # the opposite of BALD: the least informative first
+        calls.append(log_probs.shape)
+        return -bald(log_probs)
+
+    config = CONFIG._replace(acquisition=Acquisition("lowest_bald", lowest_bald))
+    assert "lowest_bald" not in ACQUISITIONS
+    before = fresh_state(oracle)
+    _, info = loop.step(before, data, config, oracle)
+    labeled, scores = np.asarray(before.labeled), np.asarray(info.pool_scores)
+    assert calls[:2] == [(POOL, 4, 10), (50, 4, 10)]  # the pool's and the test set's log-probabilities
+    np.testing.assert_allclose(scores[np.asarray(info.acquired)], np.sort(scores[~labeled])[::-1][:ACQUIRE])
+    assert (scores <= 0).all() and config.score_name == "lowest_bald"
+
+    # Its own selection, modAL's query_strategy: here the lowest unlabeled indices.
+    def first_unlabeled(key, log_probs, scores, labeled, k, config):
+        return jnp.argsort(labeled, stable=True)[:k]
+
+    config = CONFIG._replace(acquisition=Acquisition("first", ACQUISITIONS["bald"].score, first_unlabeled))
+    _, info = loop.step(before, data, config, oracle)
+    np.testing.assert_array_equal(info.acquired, np.flatnonzero(~labeled)[:ACQUIRE])
+    with pytest.raises(JalError, match="does not apply to first"):
+        loop.check_config(config._replace(sampling="power"))
+
+
+def test_the_loop_runs_any_model_on_any_inputs():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 6)) * 6
+    labels = rng.integers(0, 3, 90)
+    inputs = (centers[labels] + rng.normal(size=(90, 6))).astype(np.float32)
+    data = loop.Data(jnp.asarray(inputs[:60]), jnp.asarray(inputs[60:]), jnp.asarray(labels[60:], jnp.int32))
+    model = build_model("mlp", (6,), 3, hidden_sizes=(16,))
+    train = TrainConfig(epochs=3, min_samples_per_epoch=1024, learning_rate=1e-2)
+    config = CONFIG._replace(model=model, acquire=2, mc_samples=8, train=train)
+    oracle = loop.dataset_oracle(labels[:60])
+    initial = loop.balanced_initial_indices(labels[:60], 2, seed=0, num_classes=3)
+    assert sorted(labels[initial].tolist()) == [0, 0, 1, 1, 2, 2]
+    state = loop.init(jax.random.key(0), 60, initial, oracle(initial), num_classes=3)
+    seen = []
+    state = loop.run(state, data, config, oracle, iterations=3, callback=seen.append)
+    assert int(state.num_labeled) == 12 and [np.asarray(i.pool_scores).shape for i in seen] == [(60,)] * 4
+    assert float(seen[-1].test_accuracy) > 0.9  # three well-separated blobs
+    with pytest.raises(JalError, match="0..2"):
+        loop.init(jax.random.key(0), 60, [0], [3], num_classes=3)

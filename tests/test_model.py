@@ -3,8 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jal import model
-from jal.model import DropoutMasks, LeNet, init_params, sample_masks
+from jal.errors import JalError
+from jal.models import build_model, convs, default_settings
+from jal.models import lenet5 as model
+from jal.models.lenet5 import DropoutMasks, LeNet, LeNet5, init_params, sample_masks
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +80,41 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
 
 
 def test_unknown_conv_is_refused():
-    assert model.resolve_conv("im2col") == "im2col"
-    assert model.resolve_conv("auto") == model.default_conv()
-    with pytest.raises(ValueError, match="unknown conv 'fft'"):
-        model.resolve_conv("fft")
+    assert convs.resolve_conv("im2col", native=True) == "im2col"
+    assert convs.resolve_conv("auto", native=True) == convs.default_conv(native=True)
+    assert convs.resolve_conv("auto", native=False) == "im2col"  # on the CPU, for a model without a native kernel
+    with pytest.raises(JalError, match="unknown conv 'fft'"):
+        convs.resolve_conv("fft", native=False)
+    with pytest.raises(JalError, match="unknown conv 'fft'"):
+        LeNet5(conv="fft")
+
+
+def test_im2col_with_same_padding_equals_xla():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(convs.im2col_conv(x, kernel, (1, 1), "SAME"), want, rtol=1e-5, atol=1e-5)
+
+
+def test_models_by_name_with_their_settings():
+    assert default_settings("mlp") == {"hidden_sizes": (128, 128), "dropout_rate": 0.5}
+    mlp = build_model("mlp", (7, 3), 4, hidden_sizes=(9,))
+    params = mlp.init(jax.random.key(0))
+    assert params["Dense_0"]["kernel"].shape == (21, 9) and params["Dense_1"]["kernel"].shape == (9, 4)
+    lenet = build_model("lenet5", (28, 28, 1), 3)
+    assert lenet.init(jax.random.key(0))["fc2"]["kernel"].shape == (128, 3)  # any number of classes
+    assert hash(mlp) == hash(build_model("mlp", (7, 3), 4, hidden_sizes=(9,)))  # a static argument of jit
+    for name, shape, settings, message in [
+        ("lenet5", (32, 32, 3), {}, "lenet5 takes 28x28x1 images"),
+        ("cnn", (10, 10, 3), {}, "divisible by 4"),
+        ("cnn", (8, 8, 3), {"conv": "native"}, "conv 'native' is lenet5's"),
+        ("mlp", (4,), {"hidden_sizes": ()}, "at least one layer"),
+        ("mlp", (4,), {"dropout_rate": 1.0}, r"dropout rate 1.0 must be in \[0, 1\)"),
+        ("mlp", (4,), {"conv": "im2col"}, "model mlp has no setting conv"),
+        ("transformer", (4,), {}, "unknown model 'transformer'"),
+    ]:
+        with pytest.raises(JalError, match=message):
+            build_model(name, shape, 10, **settings)
 
 
 def test_masks_drop_whole_channels_and_scale_survivors_by_two():

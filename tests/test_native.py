@@ -5,12 +5,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jal.model
 import jal.native
-import jal.train
 from jal.errors import JalError
-from jal.model import DropoutMasks, channel_major_logits, init_params, masked_conv2_xla, sample_masks
-from jal.scoring import conv2_block_xla, mc_log_probs, mc_log_probs_direct, mc_log_probs_factorised
+from jal.models import convs
+from jal.models.lenet5 import (
+    DROPOUT_RATE,
+    DropoutMasks,
+    LeNet5,
+    channel_major_logits,
+    conv2_block_xla,
+    factorised_log_probs,
+    init_params,
+    masked_conv2_xla,
+    sample_masks,
+)
+from jal.scoring import mc_log_probs
+from tests.test_scoring import direct_log_probs
 
 needs_kernel = pytest.mark.skipif(
     os.environ.get("JAL_NATIVE") == "0" or jal.native.compiler() is None or jax.default_backend() != "cpu",
@@ -31,7 +41,8 @@ def test_the_kernel_builds_here():
 
 def native_and_xla(params, z, masks):
     kernel, bias = params["conv2"]["kernel"], params["conv2"]["bias"]
-    return jax.jit(jal.native.conv2_block)(z, kernel, bias, masks), jax.jit(conv2_block_xla)(z, kernel, bias, masks)
+    native = jax.jit(jal.native.conv2_block, static_argnames="rate")
+    return native(z, kernel, bias, masks.conv1, masks.conv2, rate=DROPOUT_RATE), conv2_block_xla(z, kernel, bias, masks)
 
 
 @needs_kernel
@@ -65,9 +76,9 @@ def test_native_conv2_block_with_every_conv1_channel_kept_or_dropped(params):
 def test_native_forward_equals_direct_forward_under_identical_masks(params):
     images = jax.random.normal(jax.random.key(3), (9, 28, 28, 1))
     masks = sample_masks(jax.random.key(4), (9, 12))
-    direct = mc_log_probs_direct(params, images, masks)
-    native = jax.jit(mc_log_probs_factorised)(params, images, masks)
-    xla = jax.jit(mc_log_probs_factorised, static_argnames="native")(params, images, masks, native=False)
+    direct = direct_log_probs(params, images, masks)
+    native = jax.jit(factorised_log_probs)(params, images, masks)
+    xla = jax.jit(factorised_log_probs, static_argnames="native")(params, images, masks, native=False)
     for got in (native, xla):
         assert float(jnp.linalg.norm(direct - got) / jnp.linalg.norm(direct)) <= 1e-5
 
@@ -76,16 +87,17 @@ def test_native_forward_equals_direct_forward_under_identical_masks(params):
 def test_chunked_scoring_is_the_same_with_and_without_the_kernel(params):
     images = jax.random.normal(jax.random.key(5), (37, 28, 28, 1))
     key = jax.random.key(6)
-    with_kernel = mc_log_probs(params, images, key=key, num_samples=8, chunk_size=16)
-    without = mc_log_probs(params, images, key=key, num_samples=8, chunk_size=16, native=False)
+    with_kernel = mc_log_probs(LeNet5(), params, images, key=key, mc_samples=8, chunk_size=16)
+    without = mc_log_probs(LeNet5(scorer="factorised_xla"), params, images, key=key, mc_samples=8, chunk_size=16)
     np.testing.assert_allclose(with_kernel, without, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(with_kernel, mc_log_probs(params, images, key=key, num_samples=8, chunk_size=16))
+    again = mc_log_probs(LeNet5(), params, images, key=key, mc_samples=8, chunk_size=16)
+    np.testing.assert_array_equal(with_kernel, again)
 
 
 @needs_kernel
 def test_gpu_and_tpu_code_never_calls_the_cpu_kernel(params):
     images = jnp.zeros((8, 28, 28, 1))
-    score = jax.jit(lambda p, x: mc_log_probs(p, x, key=jax.random.key(0), num_samples=4, chunk_size=8))
+    score = jax.jit(lambda p, x: mc_log_probs(LeNet5(), p, x, key=jax.random.key(0), mc_samples=4, chunk_size=8))
     allow = [jax.export.DisabledSafetyCheck.custom_call("jal_mc_conv2")]
     for platforms, calls in ((["cpu"], True), (["cuda"], False), (["tpu"], False)):
         exported = jax.export.export(score, platforms=platforms, disabled_checks=allow)(params, images)
@@ -142,11 +154,13 @@ def test_native_masked_conv2_with_every_channel_kept_or_dropped_and_any_mask_sca
 @needs_kernel
 def test_training_logits_and_gradients_are_the_same_with_the_native_conv2(params):
     images = jax.random.normal(jax.random.key(12), (16, 28, 28, 1))
-    masks = sample_masks(jax.random.key(13), (16,))
     labels = jnp.arange(16) % 10
 
+    key = jax.random.key(13)
+    masks = sample_masks(key, (16,))  # what the model draws from the key
+
     def loss(p, conv):
-        logits = jal.train.logits(p, images, masks, conv)
+        logits = LeNet5(conv=conv).logits(p, images, key)
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), labels]), logits
 
     grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
@@ -161,11 +175,11 @@ def test_training_logits_and_gradients_are_the_same_with_the_native_conv2(params
 
 def test_without_the_kernel_training_falls_back_to_im2col_and_refuses_native(monkeypatch, params):
     monkeypatch.setattr(jal.native, "available", lambda: False)
-    images, masks = jnp.zeros((2, 28, 28, 1)), sample_masks(jax.random.key(14), (2,))
-    assert jal.model.default_conv() in ("im2col", "xla")
-    assert jal.train.logits(params, images, masks, "auto").shape == (2, 10)
+    images, key = jnp.zeros((2, 28, 28, 1)), jax.random.key(14)
+    assert convs.default_conv(native=True) in ("im2col", "xla")
+    assert LeNet5(conv="auto").logits(params, images, key).shape == (2, 10)
     with pytest.raises(JalError, match="conv 'native' needs the native CPU kernel"):
-        jal.train.logits(params, images, masks, "native")
+        LeNet5(conv="native").logits(params, images, key)
 
 
 @pytest.mark.parametrize("compiler", ["false", "true"])  # fails; "succeeds" without building anything

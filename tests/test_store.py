@@ -8,7 +8,9 @@ import pytest
 from jal import store
 from jal.errors import JalError
 from jal.loop import StepInfo
-from jal.model import init_params
+from jal.models.lenet5 import init_params
+
+MODEL_SIZE = 184_586
 
 
 def info(iteration, pool=6, test=4):
@@ -28,7 +30,8 @@ def info(iteration, pool=6, test=4):
 
 def test_writes_as_it_goes_and_reads_back(tmp_path):
     run = tmp_path / "run"
-    writer = store.RunWriter(run, {"acquisition": "bald"}, pool_indices=np.arange(6) * 10, rounds=3, test_size=4)
+    config = {"loop": {"acquisition": "bald"}, "record": {"initial_indices": [0]}}
+    writer = store.RunWriter(run, config, pool_indices=np.arange(6) * 10, rounds=3, test_size=4, model_size=MODEL_SIZE)
     writer.append(info(0), 1.5)
     writer.append(info(1), 0.5)
     # Mid-run (as after an interruption), finished rounds are on disk and the rest is NaN.
@@ -42,14 +45,23 @@ def test_writes_as_it_goes_and_reads_back(tmp_path):
         "iteration": 1, "num_labeled": 3, "test_accuracy": 0.5, "test_nll": 1.25, "train_loss": [2.0, 1.0],
         "acquired": [5], "acquired_scores": [6.0], "mean_pool_score": 3.5, "max_pool_score": 6.0, "seconds": 0.5,
     }  # fmt: skip
-    config = store.read_config(run)
-    assert config["acquisition"] == "bald" and config["versions"]["jax"]
+    assert store.read_config(run) == config
     np.testing.assert_array_equal(np.load(run / "pool_indices.npy"), np.arange(6) * 10)
     # Each round's model comes back as it was trained; an unfinished round is an error.
-    model = store.read_model(run, 1)
+    template = init_params(jax.random.key(0))
+    model = store.read_model(run, 1, template)
     jax.tree.map(np.testing.assert_array_equal, model, init_params(jax.random.key(1)))
     with pytest.raises(JalError, match="did not finish"):
-        store.read_model(run, 2)
+        store.read_model(run, 2, template)
+    with pytest.raises(JalError, match="not round 1 of 10 parameters"):  # another model's layout
+        store.read_model(run, 1, {"w": jnp.zeros(10)})
+    # The history of the finished rounds, with what was labeled when each was trained.
+    _, metrics, history, labeled = store.read_history(run)
+    assert history.shape == (2, 6) and labeled[0].tolist() == [True] + [False] * 5
+    assert labeled[1].tolist() == [True] + [False] * 4 + [True]
+    (run / store.CONFIG).write_text(json.dumps({"loop": {}}))
+    with pytest.raises(JalError, match="written by an older jal"):
+        store.read_config(run)
     writer.close()
 
 
@@ -64,7 +76,7 @@ def test_torn_last_line_is_skipped_but_corruption_is_not(tmp_path):
 def test_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(JalError, match="not an empty folder"):
-        store.RunWriter(tmp_path, {}, pool_indices=np.arange(3), rounds=1, test_size=0)
+        store.RunWriter(tmp_path, {}, pool_indices=np.arange(3), rounds=1, test_size=0, model_size=1)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     with pytest.raises(JalError, match="jal run directory"):
         store.read_metrics(tmp_path)

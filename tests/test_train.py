@@ -3,12 +3,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import synthetic_mnist
+from conftest import normalize, synthetic_mnist
 
-from jal.data import normalize
-from jal.estimators import accuracy_and_nll
-from jal.model import LeNet
+from jal.acquire.estimators import accuracy_and_nll
+from jal.models import build_model
+from jal.models.lenet5 import LeNet, LeNet5
 from jal.train import TrainConfig, bootstrap, epoch_size, make_optimizer, train, weighted_cross_entropy
+
+LENET = LeNet5()
 
 
 def test_bootstrap_draws_only_labeled_samples():
@@ -35,7 +37,7 @@ def test_loss_falls_and_the_model_learns_a_small_labeled_set():
     order = jnp.arange(100, dtype=jnp.int32)
     config = TrainConfig(epochs=3, min_samples_per_epoch=1024)
     params, losses = train(
-        jax.random.key(0), images, jnp.asarray(train_labels, jnp.int32), order, jnp.int32(40),
+        jax.random.key(0), LENET, images, jnp.asarray(train_labels, jnp.int32), order, jnp.int32(40),
         config=config, samples_per_epoch=1024,
     )  # fmt: skip
     losses = np.asarray(losses)
@@ -46,6 +48,19 @@ def test_loss_falls_and_the_model_learns_a_small_labeled_set():
     assert accuracy > 0.8  # learned from 40 labels, measured on unseen samples
 
 
+def test_any_model_trains_the_same_way():
+    train_images, train_labels, test_images, test_labels = synthetic_mnist(100, 200)
+    mlp = build_model("mlp", (28, 28, 1), 10, hidden_sizes=(64,))
+    config = TrainConfig(epochs=3, min_samples_per_epoch=1024)
+    params, losses = train(
+        jax.random.key(0), mlp, jnp.asarray(normalize(train_images)), jnp.asarray(train_labels, jnp.int32),
+        jnp.arange(100, dtype=jnp.int32), jnp.int32(40), config=config, samples_per_epoch=1024,
+    )  # fmt: skip
+    assert np.asarray(losses)[-1] < 0.5 * np.asarray(losses)[0]
+    accuracy, _ = accuracy_and_nll(mlp.log_probs(params, jnp.asarray(normalize(test_images))), test_labels)
+    assert accuracy > 0.8
+
+
 def test_unlabeled_samples_and_padding_never_reach_training():
     train_images, train_labels, *_ = synthetic_mnist(50, 1)
     images = jnp.asarray(normalize(train_images))
@@ -53,15 +68,16 @@ def test_unlabeled_samples_and_padding_never_reach_training():
     order = jnp.arange(1, 51, dtype=jnp.int32) % 50  # ... and last in the order, past num_labeled
     config = TrainConfig(epochs=2, min_samples_per_epoch=100)  # 100 is not a multiple of 64: padding
     args = dict(config=config, samples_per_epoch=100)
-    a, _ = train(jax.random.key(0), images, labels, order, jnp.int32(30), **args)
-    b, _ = train(jax.random.key(0), images.at[0].set(9.0), labels.at[0].set(3), order, jnp.int32(30), **args)
+    a, _ = train(jax.random.key(0), LENET, images, labels, order, jnp.int32(30), **args)
+    b, _ = train(jax.random.key(0), LENET, images.at[0].set(9.0), labels.at[0].set(3), order, jnp.int32(30), **args)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 def test_training_is_deterministic_given_the_key():
     train_images, train_labels, *_ = synthetic_mnist(50, 1)
-    args = (jnp.asarray(normalize(train_images)), jnp.asarray(train_labels, jnp.int32), jnp.arange(50, dtype=jnp.int32))
+    images, labels = jnp.asarray(normalize(train_images)), jnp.asarray(train_labels, jnp.int32)
+    args = (LENET, images, labels, jnp.arange(50, dtype=jnp.int32))
     config = TrainConfig(epochs=1, min_samples_per_epoch=100)
     a, _ = train(jax.random.key(3), *args, jnp.int32(20), config=config, samples_per_epoch=100)
     b, _ = train(jax.random.key(3), *args, jnp.int32(20), config=config, samples_per_epoch=100)

@@ -41,8 +41,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jal.model import DROPOUT_RATE, KERNEL, DropoutMasks
-
 TARGETS = {  # XLA custom-call name: the library's handler symbol
     "jal_mc_conv2": "JalMcConv2",
     "jal_masked_conv2": "JalMaskedConv2",
@@ -122,30 +120,34 @@ def available() -> bool:
     return True
 
 
-def conv2_block(z: jax.Array, kernel: jax.Array, bias: jax.Array, masks: DropoutMasks) -> jax.Array:
+def conv2_block(
+    z: jax.Array, kernel: jax.Array, bias: jax.Array, conv1_mask: jax.Array, conv2_mask: jax.Array, *, rate: float
+) -> jax.Array:
     """conv2 -> max-pool -> bias -> ReLU -> conv2 mask of masked conv1 features, for every MC sample.
 
     Args:
       z: [N, 32, 12, 12] conv1's pooled, rectified output (before its dropout mask).
       kernel: conv2's [5, 5, 32, 64] kernel (HWIO); bias: its [64] bias.
-      masks: dropout masks with batch [N, K], values in {0, 1 / (1 - rate)}.
+      conv1_mask: [N, K, 32] and conv2_mask: [N, K, 64] dropout masks, values in
+        {0, 1 / (1 - rate)}.
+      rate: the dropout rate of the masks.
 
-    All float32 (`mc_log_probs_factorised` sends other dtypes to the XLA ops).
+    All float32 (`jal.models.lenet5` sends other dtypes to the XLA ops).
 
     Returns:
       [N, K, 64 * 4 * 4] float32 features, ordered (channel, row, column).
     """
     assert available(), "call jal.native.available() first"
-    n, k = masks.conv1.shape[:2]
-    cin, cout = kernel.shape[2:]
-    pooled_side = (z.shape[-1] - KERNEL + 1) // 2
+    n, k = conv1_mask.shape[:2]
+    size, _, cin, cout = kernel.shape
+    pooled_side = (z.shape[-1] - size + 1) // 2
     # The kernel takes the conv1 mask as bits and folds its scale into the weights: the
     # product by 2 is exact, so this is the same arithmetic as scaling the features.
-    scaled = (kernel / (1.0 - DROPOUT_RATE)).transpose(2, 3, 0, 1).reshape(cin, cout, KERNEL * KERNEL)
-    bits = jnp.sum((masks.conv1 > 0).astype(jnp.uint32) << jnp.arange(cin, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+    scaled = (kernel / (1.0 - rate)).transpose(2, 3, 0, 1).reshape(cin, cout, size * size)
+    bits = jnp.sum((conv1_mask > 0).astype(jnp.uint32) << jnp.arange(cin, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
     out = jax.ShapeDtypeStruct((n, k, cout * pooled_side**2), jnp.float32)
     # Under vmap, one call per element: correct, if not the fastest.
-    return jax.ffi.ffi_call("jal_mc_conv2", out, vmap_method="sequential")(z, scaled, bias, bits, masks.conv2)
+    return jax.ffi.ffi_call("jal_mc_conv2", out, vmap_method="sequential")(z, scaled, bias, bits, conv2_mask)
 
 
 def _oihw_taps(kernel: jax.Array) -> jax.Array:
@@ -157,7 +159,7 @@ def _oihw_taps(kernel: jax.Array) -> jax.Array:
 def masked_conv2(z: jax.Array, conv1_mask: jax.Array, kernel: jax.Array, conv2_mask: jax.Array) -> jax.Array:
     """conv2 (no bias) of the masked conv1 features, on the output channels the conv2 mask keeps.
 
-    Computes `jal.model.masked_conv2_xla`, skipping every channel a mask drops. CPU only.
+    Computes `jal.models.lenet5.masked_conv2_xla`, skipping every channel a mask drops. CPU only.
 
     Args:
       z: [32, N, 12, 12] conv1's pooled, rectified output, channel-major over the batch.
@@ -169,7 +171,8 @@ def masked_conv2(z: jax.Array, conv1_mask: jax.Array, kernel: jax.Array, conv2_m
       kernel (the masks get zero cotangents).
     """
     assert available(), "call jal.native.available() first"
-    out = jax.ShapeDtypeStruct((z.shape[1], kernel.shape[3], z.shape[2] - KERNEL + 1, z.shape[3] - KERNEL + 1), z.dtype)
+    size = kernel.shape[0]
+    out = jax.ShapeDtypeStruct((z.shape[1], kernel.shape[3], z.shape[2] - size + 1, z.shape[3] - size + 1), z.dtype)
     call = jax.ffi.ffi_call("jal_masked_conv2", out, vmap_method="sequential")
     return call(z, conv1_mask, _oihw_taps(kernel), conv2_mask)
 
@@ -180,13 +183,13 @@ def _masked_conv2_forward(z, conv1_mask, kernel, conv2_mask):
 
 def _masked_conv2_backward(residuals, grad):
     z, conv1_mask, kernel, conv2_mask = residuals
-    cin, cout = kernel.shape[2:]
+    size, _, cin, cout = kernel.shape
     taps_by_input = kernel.reshape(-1, cin, cout).transpose(1, 0, 2)  # [32, 25, 64] for the input gradient
-    outs = (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct((cout, cin, KERNEL * KERNEL), z.dtype))
+    outs = (jax.ShapeDtypeStruct(z.shape, z.dtype), jax.ShapeDtypeStruct((cout, cin, size * size), z.dtype))
     z_grad, taps_grad = jax.ffi.ffi_call("jal_masked_conv2_grad", outs, vmap_method="sequential")(
         z, conv1_mask, _oihw_taps(kernel), taps_by_input, conv2_mask, grad
     )
-    kernel_grad = taps_grad.reshape(cout, cin, KERNEL, KERNEL).transpose(2, 3, 1, 0)
+    kernel_grad = taps_grad.reshape(cout, cin, size, size).transpose(2, 3, 1, 0)
     return z_grad, jnp.zeros_like(conv1_mask), kernel_grad, jnp.zeros_like(conv2_mask)
 
 

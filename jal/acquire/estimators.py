@@ -7,12 +7,14 @@ A NaN input (a diverged model) stays NaN rather than passing for a score.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
 
 def mean_log_probs(log_probs: jax.Array) -> jax.Array:
     """log of the MC-mean predictive [N, C] = logsumexp_k log p_k - log K."""
+    chex.assert_rank(log_probs, 3)  # [N, K, C]
     return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(log_probs.shape[1])
 
 
@@ -28,6 +30,7 @@ def predictive_entropy(log_probs: jax.Array) -> jax.Array:
 
 def expected_entropy(log_probs: jax.Array) -> jax.Array:
     """mean_k H[p_k] [N]."""
+    chex.assert_rank(log_probs, 3)  # [N, K, C]
     return entropy(log_probs).mean(axis=1)
 
 
@@ -53,6 +56,7 @@ def margin(log_probs: jax.Array) -> jax.Array:
 
 def variation_ratio(log_probs: jax.Array) -> jax.Array:
     """1 - (votes for the modal class) / K over the K MC argmax predictions [N]."""
+    chex.assert_rank(log_probs, 3)  # [N, K, C]
     num_classes = log_probs.shape[-1]
     votes = jax.nn.one_hot(log_probs.argmax(axis=-1), num_classes).sum(axis=1)
     return 1.0 - votes.max(axis=-1) / log_probs.shape[1]
@@ -60,6 +64,7 @@ def variation_ratio(log_probs: jax.Array) -> jax.Array:
 
 def mean_std(log_probs: jax.Array) -> jax.Array:
     """Mean over classes of the standard deviation over MC samples of p_k(c) [N]."""
+    chex.assert_rank(log_probs, 3)  # [N, K, C]
     return jnp.exp(log_probs).std(axis=1).mean(axis=-1)
 
 
@@ -80,6 +85,8 @@ def accuracy_and_nll(log_probs: jax.Array, labels: jax.Array) -> tuple[jax.Array
       log_probs: [N, K, C] MC log-probabilities, or [N, C] from one deterministic pass.
       labels: [N] integer labels.
     """
+    chex.assert_rank(labels, 1)
+    chex.assert_equal(log_probs.shape[0], labels.shape[0])
     mean = mean_log_probs(log_probs) if log_probs.ndim == 3 else log_probs
     accuracy = (mean.argmax(axis=-1) == labels).mean()
     nll = -jnp.take_along_axis(mean, labels[:, None], axis=-1).mean()

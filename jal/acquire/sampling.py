@@ -1,9 +1,7 @@
-"""Choosing which unlabeled pool samples to label next.
+"""Choosing k unlabeled pool samples by their scores: top-k, or a stochastic draw.
 
-Scores come from `jal.estimators` (one per sample), EPIG (`jal.epig`) or BatchBALD
-(`jal.batchbald`, which chooses the batch itself). A batch is the top k of the scores, or
-a stochastic draw from them (Kirsch et al., 2023): k samples without replacement with
-probabilities proportional to
+A batch is the top k of the scores, or a stochastic draw from them (Kirsch et al.,
+2023): k samples without replacement with probabilities proportional to
 
     power:    s_i ** (1 / T)       (PowerBALD when s is BALD)
     softmax:  exp(s_i / T)
@@ -15,12 +13,10 @@ T -> infinity a uniformly random batch.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
-from jal.estimators import ESTIMATORS
-
-METHODS = (*ESTIMATORS, "epig", "batchbald", "random")
 SAMPLINGS = ("topk", "power", "softmax", "softrank")
 
 
@@ -40,6 +36,8 @@ def top_k_unlabeled(scores: jax.Array, labeled: jax.Array, k: int) -> tuple[jax.
     Returns:
       indices [k] int32 into the pool, best first, and their scores [k].
     """
+    chex.assert_rank(scores, 1)
+    chex.assert_equal_shape([scores, labeled])
     lowest = jnp.finfo(scores.dtype).min
     masked = jnp.where(labeled, -jnp.inf, jnp.where(jnp.isnan(scores), lowest, scores))
     _, indices = jax.lax.top_k(masked, k)

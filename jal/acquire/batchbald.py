@@ -7,9 +7,9 @@ consistent (the same K networks for every input: `mc_log_probs(..., consistent=T
 or the joint p(y_1, ..., y_n | w_k) means nothing.
 
 The joint entropy of the batch so far plus one candidate needs p(y_1..n | w_k) for
-configurations of the n chosen labels. While the C^n configurations fit in
-`num_samples` rows they are enumerated exactly; beyond that, `num_samples`
-configurations are drawn from the model (num_samples // K from each w_k) and the entropy
+configurations of the n chosen labels. While the C^n configurations fit in the budget of
+`joint_samples` rows they are enumerated exactly; beyond that, `joint_samples`
+configurations are drawn from the model (joint_samples // K from each w_k) and the entropy
 is importance-weighted, as in the paper and batchbald_redux. Sampled rows are kept in
 log space and rescaled by their largest entry, so long batches do not underflow.
 
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
-from jal.estimators import expected_entropy
-from jal.scoring import map_in_chunks
+from jal.acquire.estimators import expected_entropy
+from jal.chunks import map_in_chunks
 
 
 def exact_joint_probs(log_probs: jax.Array) -> jax.Array:
@@ -53,9 +54,9 @@ def joint_mutual_information(log_probs: jax.Array) -> jax.Array:
 
 
 def sampled_joint_log_probs(
-    key: jax.Array, log_probs: jax.Array, num_samples: int, active: jax.Array | None = None
+    key: jax.Array, log_probs: jax.Array, joint_samples: int, active: jax.Array | None = None
 ) -> jax.Array:
-    """log p(y^(m) | w_k) [M, K] for M = (num_samples // K) * K configurations y^(m) ~ p(y).
+    """log p(y^(m) | w_k) [M, K] for M = (joint_samples // K) * K configurations y^(m) ~ p(y).
 
     Configuration m = (k, s) is the s-th draw of all n labels from p(y | w_k), so the
     rows are a stratified sample of the model's joint predictive.
@@ -63,11 +64,11 @@ def sampled_joint_log_probs(
     Args:
       key: PRNG key of the draws.
       log_probs: [n, K, C] consistent MC log-probabilities.
-      num_samples: M, rounded down to a multiple of K (at least K).
+      joint_samples: M, rounded down to a multiple of K (at least K).
       active: [n] bool; inactive inputs are left out of the joint (fixed-shape buffers).
     """
     n, k, _ = log_probs.shape
-    per_sample = max(1, num_samples // k)
+    per_sample = max(1, joint_samples // k)
     active = jnp.ones(n, bool) if active is None else active
     labels = jax.random.categorical(key, log_probs[:, :, None, :], shape=(n, k, per_sample))
 
@@ -78,9 +79,9 @@ def sampled_joint_log_probs(
     return total.reshape(k, k * per_sample).T
 
 
-def sampled_joint_entropy(key: jax.Array, log_probs: jax.Array, num_samples: int) -> jax.Array:
+def sampled_joint_entropy(key: jax.Array, log_probs: jax.Array, joint_samples: int) -> jax.Array:
     """H(y_1, ..., y_n) [] estimated as -mean_m log p(y^(m)) over sampled configurations."""
-    joint = sampled_joint_log_probs(key, log_probs, num_samples)
+    joint = sampled_joint_log_probs(key, log_probs, joint_samples)
     return -(jax.nn.logsumexp(joint, axis=1) - jnp.log(joint.shape[1])).mean()
 
 
@@ -107,21 +108,21 @@ def _candidate_joint_entropies(joint, weights, offset, log_probs, chunk_size: in
     return map_in_chunks(chunk_entropies, log_probs, chunk_size)
 
 
-def num_exact_steps(num_classes: int, batch_size: int, num_samples: int) -> int:
-    """How many greedy steps enumerate configurations: step n does while C^n <= num_samples."""
+def num_exact_steps(num_classes: int, batch_size: int, joint_samples: int) -> int:
+    """How many greedy steps enumerate configurations: step n does while C^n <= joint_samples."""
     steps = 0
-    while steps < batch_size and num_classes**steps <= num_samples:
+    while steps < batch_size and num_classes**steps <= joint_samples:
         steps += 1
     return steps
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "num_samples", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("batch_size", "joint_samples", "chunk_size"))
 def batchbald(
     log_probs: jax.Array,
     batch_size: int,
     *,
     key: jax.Array,
-    num_samples: int = 10_000,
+    joint_samples: int = 10_000,
     excluded: jax.Array | None = None,
     chunk_size: int = 64,
 ) -> tuple[jax.Array, jax.Array]:
@@ -134,7 +135,7 @@ def batchbald(
       log_probs: [N, K, C] consistent MC log-probabilities of the pool.
       batch_size: b (static), at most the number of candidates not excluded.
       key: PRNG key of the sampled configurations (unused while all steps are exact).
-      num_samples: M, the configuration budget: exact while C^n <= M, else M samples.
+      joint_samples: M, the configuration budget: exact while C^n <= M, else M samples.
       excluded: [N] bool, True for samples that may not be chosen (already labeled).
       chunk_size: candidates scored at once (memory: chunk_size * M * C floats).
 
@@ -142,7 +143,10 @@ def batchbald(
       indices [b] int32 in the order chosen, scores [b]. Steps left without a candidate
       (b larger than the candidates not excluded) give index -1 and score -inf.
     """
+    chex.assert_rank(log_probs, 3)
     n_pool, k, num_classes = log_probs.shape
+    if excluded is not None:
+        chex.assert_shape(excluded, (n_pool,))
     conditional = expected_entropy(log_probs)  # E_w H(y_i | w) [N]
     excluded = jnp.zeros(n_pool, bool) if excluded is None else excluded
     lowest = jnp.finfo(log_probs.dtype).min
@@ -161,7 +165,7 @@ def batchbald(
 
     zero = jnp.zeros((), log_probs.dtype)
     carry = (jnp.zeros(batch_size, jnp.int32), jnp.zeros(batch_size, log_probs.dtype), excluded, zero)
-    exact_steps = num_exact_steps(num_classes, batch_size, num_samples)
+    exact_steps = num_exact_steps(num_classes, batch_size, joint_samples)
     joint = jnp.ones((1, k), log_probs.dtype)
     for n in range(exact_steps):  # unrolled: the joint grows C-fold per step
         if n > 0:
@@ -173,7 +177,7 @@ def batchbald(
     def sampled_step(n, carry):
         chosen = log_probs[carry[0]]  # [b, K, C]; only the first n rows are in the batch
         joint_log = sampled_joint_log_probs(
-            jax.random.fold_in(key, n), chosen, num_samples, active=jnp.arange(batch_size) < n
+            jax.random.fold_in(key, n), chosen, joint_samples, active=jnp.arange(batch_size) < n
         )
         entropies = _candidate_joint_entropies(*_weighted_rows(joint_log), log_probs, chunk_size)
         return choose(entropies, *carry, n)

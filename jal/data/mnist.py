@@ -1,7 +1,7 @@
-"""MNIST-format data: IDX files (gzipped or not), TFDS, download, validation, pools.
+"""MNIST from its IDX files (gzipped or not): reading, validation, download.
 
-Images stay uint8 [N, 28, 28] on the host until `normalize` turns them into the
-float32 NHWC arrays the model takes.
+The images stay uint8 on the host, [N, 28, 28, 1]; the reference's normalisation
+(torchvision's Normalize((0.1307,), (0.3081,))) is the dataset's `normalization`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import shutil
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
+from jal.data.dataset import Dataset
+from jal.data.normalization import Normalization
 from jal.errors import JalError
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
-# The reference's torchvision Normalize((0.1307,), (0.3081,)).
-MEAN = 0.1307
-STD = 0.3081
+NORMALIZATION = Normalization(np.float32([0.1307]), np.float32([0.3081]), 255.0)
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -40,15 +39,6 @@ IDX_FILES = {
 DEFAULT_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 
 
-class MNIST(NamedTuple):
-    """Raw MNIST-format data, as stored."""
-
-    train_images: np.ndarray  # [N_train, 28, 28] uint8
-    train_labels: np.ndarray  # [N_train] uint8
-    test_images: np.ndarray  # [N_test, 28, 28] uint8
-    test_labels: np.ndarray  # [N_test] uint8
-
-
 def default_cache_dir() -> Path:
     """Where `jal` keeps downloaded MNIST: $JAL_CACHE_DIR, else ~/.cache/jal."""
     return Path(os.environ.get("JAL_CACHE_DIR", Path.home() / ".cache" / "jal")) / "mnist"
@@ -59,7 +49,7 @@ def _find_idx_file(directory: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise JalError(
-        f"{directory}: missing {name} (or {name}.gz); point --data-dir at a folder holding the four MNIST IDX files"
+        f"{directory}: missing {name} (or {name}.gz); point `mnist_dir` at a folder holding the four MNIST IDX files"
     )
 
 
@@ -84,7 +74,11 @@ def read_idx(path: str | os.PathLike, *, magic: int) -> np.ndarray:
       A uint8 array with the dimensions the header declares.
     """
     path = Path(path)
-    raw = _read_bytes(path, gzipped=path.suffix == ".gz")
+    return parse_idx(_read_bytes(path, gzipped=path.suffix == ".gz"), path, magic=magic)
+
+
+def parse_idx(raw: bytes, path: Path, *, magic: int) -> np.ndarray:
+    """The array of an IDX file's uncompressed bytes `raw` (read from `path`, named in errors)."""
     ndim = magic & 0xFF
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
@@ -104,53 +98,48 @@ def read_idx(path: str | os.PathLike, *, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
-def _check(images: np.ndarray, labels: np.ndarray, what: str) -> None:
+def check_mnist(images: np.ndarray, labels: np.ndarray, what: str) -> None:
+    """Raises JalError unless `images` [N, 28, 28] and `labels` [N] are one non-empty MNIST split."""
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise JalError(f"{what}: images of shape {images.shape[1:]}, expected 28x28 grayscale")
     if len(images) != len(labels):
         raise JalError(f"{what}: {len(images)} images but {len(labels)} labels; the files do not belong together")
     if len(images) == 0:
         raise JalError(f"{what}: no samples")
-    if labels.size and labels.max() >= NUM_CLASSES:
+    if labels.max() >= NUM_CLASSES:
         raise JalError(f"{what}: label {int(labels.max())} outside 0..9; the labels file is corrupt")
 
 
-def load_idx_dir(directory: str | os.PathLike) -> MNIST:
+def mnist_dataset(train_images, train_labels, test_images, test_labels, source: dict) -> Dataset:
+    """The MNIST splits as a `Dataset`: uint8 images [N, 28, 28, 1], int32 labels, the reference normalisation."""
+    return Dataset(
+        train_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1),
+        np.asarray(train_labels, np.int32),
+        test_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1),
+        np.asarray(test_labels, np.int32),
+        NUM_CLASSES,
+        NORMALIZATION,
+        source,
+    )
+
+
+def load_idx_dir(directory: str | os.PathLike) -> Dataset:
     """Loads the four standard MNIST IDX files (gzipped or not) from a folder."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise JalError(f"{directory}: no such folder; pass --data-dir with the MNIST IDX files")
-    arrays = {}
+        raise JalError(f"{directory}: no such folder; pass `mnist_dir` with the MNIST IDX files")
+    arrays, paths, md5 = {}, {}, {}
     for field, (name, _) in IDX_FILES.items():
         magic = IMAGES_MAGIC if field.endswith("images") else LABELS_MAGIC
-        path = _find_idx_file(directory, name)
-        arrays[field] = read_idx(path, magic=magic)
-        arrays[field + "_path"] = path
+        path = paths[field] = _find_idx_file(directory, name)
+        raw = _read_bytes(path, gzipped=path.suffix == ".gz")
+        md5[name] = hashlib.md5(raw).hexdigest()  # of the uncompressed file, as MNIST's own list gives it
+        arrays[field] = parse_idx(raw, path, magic=magic)
     for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        paths = f"{arrays[f'{split}_images_path']} / {arrays[f'{split}_labels_path'].name}"
-        _check(images, labels, paths)
-    return MNIST(*(arrays[f] for f in IDX_FILES))
-
-
-def load_tfds(data_dir: str | os.PathLike | None = None) -> MNIST:
-    """Loads prepared TFDS MNIST through `tfds.data_source` (no TensorFlow needed)."""
-    import tensorflow_datasets as tfds
-
-    splits = {}
-    for split in ("train", "test"):
-        try:
-            source = tfds.data_source("mnist", split=split, data_dir=data_dir, download=False)
-        except Exception as e:  # tfds raises several types for a missing or broken dataset
-            raise JalError(f"TFDS mnist ({split}) in {data_dir or 'the default TFDS folder'}: {e}") from e
-        records = [source[i] for i in range(len(source))]
-        images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-        if images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 1):
-            images = images[..., 0]
-        labels = np.asarray([r["label"] for r in records], np.uint8)
-        _check(images, labels, f"TFDS mnist {split}")
-        splits[split] = (images, labels)
-    return MNIST(*splits["train"], *splits["test"])
+        where = f"{paths[f'{split}_images']} / {paths[f'{split}_labels'].name}"
+        check_mnist(arrays[f"{split}_images"], arrays[f"{split}_labels"], where)
+    source = {"kind": "mnist", "path": str(directory.absolute()), "md5": md5}
+    return mnist_dataset(*(arrays[field] for field in IDX_FILES), source)
 
 
 def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR) -> Path:
@@ -163,7 +152,7 @@ def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise JalError(f"cannot create {directory} ({e}); set JAL_CACHE_DIR or pass --data-dir") from e
+        raise JalError(f"cannot create {directory} ({e}); set JAL_CACHE_DIR or pass `mnist_dir`") from e
     for name, md5 in IDX_FILES.values():
         target = directory / f"{name}.gz"
         if target.is_file():
@@ -178,37 +167,13 @@ def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR
                 raise JalError(f"{url}: content md5 {found}, expected {md5}; the mirror is broken, try again later")
             part.rename(target)
         except (OSError, http.client.HTTPException) as e:
-            raise JalError(f"cannot download {url} ({e}); offline, pass --data-dir with the MNIST IDX files") from e
+            raise JalError(f"cannot download {url} ({e}); offline, pass `mnist_dir` with the MNIST IDX files") from e
         finally:
             part.unlink(missing_ok=True)
     return directory
 
 
-def normalize(images):
-    """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1], scaled to [0, 1] then standardised.
-
-    Works on numpy and jax arrays alike (`jal.score_pool` normalises on the device).
-    """
-    return ((images.astype(np.float32) / 255.0 - MEAN) / STD)[..., None]
-
-
-def make_pool(num_train: int, pool_size: int, *, seed: int = 1) -> np.ndarray:
-    """The pool: a seeded random subset of the training set, as the reference draws it.
-
-    Returns:
-      int64 [pool_size] indices into the training set.
-    """
-    if not 0 < pool_size <= num_train:
-        raise JalError(f"pool size {pool_size} must be between 1 and the {num_train} training samples")
-    return np.random.default_rng(seed).permutation(num_train)[:pool_size]
-
-
-def load_mnist(data_dir: str | os.PathLike | None = None, *, tfds_data_dir: str | os.PathLike | None = None) -> MNIST:
-    """MNIST from the first source given: TFDS folder, IDX folder, $JAL_MNIST_DIR, download.
-
-    Without a folder named, the IDX files are downloaded once into `default_cache_dir()`.
-    """
-    if tfds_data_dir is not None:
-        return load_tfds(tfds_data_dir)
-    data_dir = data_dir or os.environ.get("JAL_MNIST_DIR") or download_mnist(default_cache_dir())
-    return load_idx_dir(data_dir)
+def load_mnist(directory: str | os.PathLike | None = None) -> Dataset:
+    """MNIST from the IDX folder given, else $JAL_MNIST_DIR, else downloaded once into `default_cache_dir()`."""
+    directory = directory or os.environ.get("JAL_MNIST_DIR") or download_mnist(default_cache_dir())
+    return load_idx_dir(directory)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 
-from jal.estimators import mean_log_probs
-from jal.scoring import map_in_chunks
+from jal.acquire.estimators import mean_log_probs
+from jal.chunks import map_in_chunks
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size",))
@@ -31,6 +32,8 @@ def epig(log_probs: jax.Array, target_log_probs: jax.Array, *, chunk_size: int =
     Returns:
       [N] scores >= 0; 0 where all K samples agree.
     """
+    chex.assert_rank([log_probs, target_log_probs], 3)
+    chex.assert_equal_shape_suffix([log_probs, target_log_probs], 2)  # the same K networks, the same C
     num_samples = log_probs.shape[1]
     target_probs = jnp.exp(target_log_probs)  # [T, K, D]
     target_marginal = mean_log_probs(target_log_probs)  # [T, D]

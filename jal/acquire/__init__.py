@@ -1,0 +1,100 @@
+"""Acquisitions: how the next samples to label are chosen, one registry entry each.
+
+An `Acquisition` is a score of every input, computed from MC log-probabilities
+[N, K, C], and optionally its own way to select a batch from the pool (else the top k of
+the scores, or a stochastic draw from them). `ACQUISITIONS` holds the shipped ones; the
+loop and the command line read it and never branch on names, so adding one means adding
+an entry here. A user's own works the same way through the Python API:
+
+    def closest_to_half(log_probs, targets):  # a score: higher is chosen first
+        return -abs(jnp.exp(log_probs).mean(1).max(-1) - 0.5)
+
+    LoopConfig(acquisition=Acquisition("half", score=closest_to_half))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+
+from jal.acquire.batchbald import batchbald
+from jal.acquire.epig import epig
+from jal.acquire.estimators import ESTIMATORS, bald
+from jal.acquire.sampling import SAMPLINGS, choose, random_scores, top_k_unlabeled
+from jal.errors import JalError
+
+__all__ = ["ACQUISITIONS", "ESTIMATORS", "SAMPLINGS", "Acquisition", "choose", "resolve"]
+
+
+class Acquisition(NamedTuple):
+    """One way to choose what to label next.
+
+    Attributes:
+      name: what runs record as the acquisition.
+      score: (log_probs [N, K, C], targets [T, K, C] or None) -> [N], higher is more
+        informative; recorded for every pool and test sample. Jit-traceable.
+      select: None to choose by `score` (top k, or a draw under the loop's `sampling`), or
+        (key, log_probs [P, K, C], scores [P], labeled [P] bool, k, config) -> [k] pool
+        indices, never labeled ones; `config` is the loop's settings. Jit-traceable, k static.
+      consistent: needs the same K dropout masks for every input (joint quantities).
+      uses_targets: `score` reads `targets`: the log-probabilities of `config.epig_targets`
+        pool inputs drawn at random each round.
+      score_name: what the recorded score is (default: `name`).
+    """
+
+    name: str
+    score: Callable[[jax.Array, jax.Array | None], jax.Array]
+    select: Callable | None = None
+    consistent: bool = False
+    uses_targets: bool = False
+    score_name: str | None = None
+
+    @property
+    def recorded_score(self) -> str:
+        return self.score_name or self.name
+
+
+def per_input(estimator: Callable[[jax.Array], jax.Array]) -> Callable:
+    """A score from an estimator of one input at a time (`jal.acquire.estimators`)."""
+    return lambda log_probs, targets: estimator(log_probs)
+
+
+def _epig_score(log_probs, targets):
+    return epig(log_probs, target_log_probs=targets)
+
+
+def _batchbald_select(key, log_probs, scores, labeled, k, config):
+    return batchbald(log_probs, k, key=key, joint_samples=config.joint_samples, excluded=labeled)[0]
+
+
+def _random_select(key, log_probs, scores, labeled, k, config):
+    return top_k_unlabeled(random_scores(key, scores.shape[0]), labeled, k)[0]
+
+
+_bald = per_input(bald)
+ACQUISITIONS: dict[str, Acquisition] = {
+    **{name: Acquisition(name, per_input(estimator)) for name, estimator in ESTIMATORS.items()},
+    "epig": Acquisition("epig", _epig_score, consistent=True, uses_targets=True),
+    # BatchBALD chooses the batch itself; its first step is BALD, the score it records.
+    "batchbald": Acquisition("batchbald", _bald, _batchbald_select, consistent=True, score_name="bald"),
+    # Random acquisition records BALD, so its informativeness compares with a BALD run's.
+    "random": Acquisition("random", _bald, _random_select, score_name="bald"),
+}
+
+
+def resolve(acquisition: str | Acquisition) -> Acquisition:
+    """The registry's entry of a name, or an `Acquisition` as it is."""
+    if isinstance(acquisition, Acquisition):
+        return acquisition
+    if acquisition not in ACQUISITIONS:
+        raise JalError(f"unknown acquisition {acquisition!r}; choose one of {', '.join(ACQUISITIONS)}")
+    return ACQUISITIONS[acquisition]
+
+
+def select(acquisition: Acquisition, key, log_probs, scores, labeled, k: int, config) -> jax.Array:
+    """k pool indices under `acquisition`: its own selection, else by its scores under the loop's sampling."""
+    if acquisition.select is not None:
+        return acquisition.select(key, log_probs, scores, labeled, k, config)
+    return choose(key, scores, labeled, k, sampling=config.sampling, temperature=config.temperature)[0]
