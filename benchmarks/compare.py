@@ -35,7 +35,7 @@ from benchmarks import torch_reference as ref
 from jal import loop
 from jal.acquire.estimators import bald
 from jal.data import make_pool
-from jal.data.mnist import load_idx_dir
+from jal.data.mnist import load_mnist
 from jal.models.convs import default_conv
 from jal.models.lenet5 import LeNet, LeNet5, init_params, params_from_torch
 from jal.runtime import keep_freed_memory
@@ -53,21 +53,16 @@ def timed(fn) -> float:
 
 
 def load_data(size: int):
-    """Pool and test images and labels: real MNIST from $JAL_MNIST_DIR, else random (speed is the same)."""
-    if os.environ.get("JAL_MNIST_DIR"):
-        mnist = load_idx_dir(os.environ["JAL_MNIST_DIR"])
-        pool = make_pool(len(mnist.x_train), size)
-        return (
-            mnist.normalization.apply(mnist.x_train[pool]),
-            mnist.y_train[pool].astype(np.int64),
-            mnist.normalization.apply(mnist.x_test[:size]),
-            mnist.y_test[:size].astype(np.int64),
-            "MNIST",
-        )
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(2, size, 28, 28, 1)).astype(np.float32)
-    labels = rng.integers(0, 10, (2, size))
-    return images[0], labels[0], images[1], labels[1], "random"
+    """Pool and test images and labels of real MNIST (`load_mnist`: $JAL_MNIST_DIR, else the repository's copy)."""
+    mnist = load_mnist()
+    pool = make_pool(len(mnist.x_train), size)
+    return (
+        mnist.normalization.apply(mnist.x_train[pool]),
+        mnist.y_train[pool].astype(np.int64),
+        mnist.normalization.apply(mnist.x_test[:size]),
+        mnist.y_test[:size].astype(np.int64),
+        "MNIST",
+    )
 
 
 def check_logits(images: np.ndarray) -> float:

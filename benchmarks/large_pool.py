@@ -2,7 +2,7 @@
 
     /usr/bin/time -v .venv/bin/python -m benchmarks.large_pool [--size 1000000] [--dir /tmp/jal-pool]
 
-The pool is MNIST's training images (random bytes without $JAL_MNIST_DIR), tiled and
+The pool is MNIST's training images (`jal.data.mnist.load_mnist`), tiled and
 shifted by up to 2 pixels, written once as a uint8 .npy file and then read through a
 memmap by `jal.score_pool` (LeNet-5, its default factorised scorer, K=32), which
 normalises each batch on the device, so neither host nor device ever holds the whole pool.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import resource
 import time
 from pathlib import Path
@@ -20,17 +19,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jal.data.mnist import NORMALIZATION, load_idx_dir
+from jal.data.mnist import NORMALIZATION, load_mnist
 from jal.models.lenet5 import LeNet5
 from jal.runtime import keep_freed_memory
 from jal.scoring import score_pool
 
 
 def build_pool(path: Path, size: int) -> None:
-    if os.environ.get("JAL_MNIST_DIR"):
-        source = load_idx_dir(os.environ["JAL_MNIST_DIR"]).x_train[..., 0]  # [N, 28, 28]
-    else:
-        source = np.random.default_rng(0).integers(0, 256, (60_000, 28, 28), dtype=np.uint8)
+    source = load_mnist().x_train[..., 0]  # [N, 28, 28]
     rng = np.random.default_rng(0)
     pool = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size, 28, 28))
     for start in range(0, size, len(source)):

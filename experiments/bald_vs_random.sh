@@ -2,7 +2,7 @@
 # BALD against random acquisition on real MNIST with LeNet-5: 60 initial labels, 10 acquired
 # per iteration for 20 iterations (260 labels at the end), otherwise the reference settings.
 #
-#   JAL_MNIST_DIR=/path/to/mnist bash experiments/bald_vs_random.sh [OUT_DIR]
+#   bash experiments/bald_vs_random.sh [OUT_DIR]
 #
 # Writes OUT_DIR/{bald,random}/ run directories and OUT_DIR/bald_vs_random.png.
 set -euo pipefail

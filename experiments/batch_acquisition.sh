@@ -5,7 +5,7 @@
 # deterministic pass; the reference's pool of 10,000 and its training otherwise. One run per
 # method and seed.
 #
-#   JAL_MNIST_DIR=/path/to/mnist bash experiments/batch_acquisition.sh [OUT_DIR] [SEED ...]
+#   bash experiments/batch_acquisition.sh [OUT_DIR] [SEED ...]
 #
 # Writes OUT_DIR/METHOD-seedS/ run directories, then prints the labels-to-accuracy table
 # (with the paper's medians) and draws OUT_DIR/batch_acquisition.png. Finished runs are kept.

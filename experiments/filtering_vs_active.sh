@@ -2,7 +2,7 @@
 # Active learning against data filtering on real MNIST with LeNet-5, and the submodularity
 # diagnostics.
 #
-#   JAL_MNIST_DIR=/path/to/mnist bash experiments/filtering_vs_active.sh [OUT_DIR]
+#   bash experiments/filtering_vs_active.sh [OUT_DIR]
 #
 # 1. The filtering curve: BALD of a model trained on the 60 initial labels removes 0..90%
 #    of the pool; a model trained on the rest, against removing as many at random.

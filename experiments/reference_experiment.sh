@@ -3,7 +3,7 @@
 # test-set scoring on, seed 42 (all `jal run` defaults), with BALD and with random acquisition,
 # then one figure and a table (total seconds per run from its metrics).
 #
-#   JAL_MNIST_DIR=/path/to/mnist bash experiments/reference_experiment.sh [OUT_DIR] [ARM ...]
+#   bash experiments/reference_experiment.sh [OUT_DIR] [ARM ...]
 #
 # ARM is an --acquisition (default: bald random). With SIDE_BY_SIDE=1 the arms run at once,
 # each pinned to its own core (taskset) with single-threaded XLA, so that none slows the

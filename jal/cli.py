@@ -107,8 +107,8 @@ def _add_data_flags(parser, defaults, *, pool: bool = True) -> None:
         "--data-dir",
         "data.mnist_dir",
         None,
-        help="a folder with the four MNIST IDX files, gzipped or not (default: $JAL_MNIST_DIR, else MNIST is "
-        "downloaded once to ~/.cache/jal/mnist)",
+        help="a folder with the four MNIST IDX files, gzipped or not (default: $JAL_MNIST_DIR, else the download "
+        "cache ~/.cache/jal/mnist, else a clone's data/mnist, else a download)",
     )
     _setting(source, "--tfds", "data.tfds", None, help="a prepared TensorFlow Datasets dataset by name")
     _setting(data, "--tfds-data-dir", "data.tfds_data_dir", None, help="the TFDS data folder (alone: TFDS's mnist)")

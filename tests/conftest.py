@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +56,5 @@ def synthetic_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST IDX folder named by $JAL_MNIST_DIR."""
-    path = os.environ.get("JAL_MNIST_DIR")
-    if not path:
-        pytest.skip("JAL_MNIST_DIR is not set: point it at a folder with the four MNIST IDX files to run this test")
-    return Path(path)
+    """The real MNIST the repository ships."""
+    return Path(__file__).resolve().parent.parent / "data" / "mnist"

@@ -92,13 +92,18 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys, monkeypatch):
     assert page.count("<tr>") == 1 + 2 + 1 + 3  # runs table: header + 2; analysis: header + K=4, 64, recorded
 
 
-def test_run_on_real_mnist(mnist_dir, tmp_path):
+def test_run_on_real_mnist_with_no_source_named(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("JAL_CACHE_DIR", str(tmp_path / "cache"))  # an empty download cache
+    monkeypatch.delenv("JAL_MNIST_DIR", raising=False)
     out = tmp_path / "run"
     flags = [*SMALL, "--pool-size", "300", "--initial", "60", "--min-samples-per-epoch", "2000", "--epochs", "2"]
-    assert main(["run", "--data-dir", str(mnist_dir), "--out", str(out), *flags]) == 0
+    assert main(["run", "--out", str(out), *flags]) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 3 and metrics[-1]["num_labeled"] == 70
     assert min(m["test_accuracy"] for m in metrics) > 0.5  # far above chance (0.1) from 60 to 70 labels
+    source = json.loads((out / "config.json").read_text())["record"]["data"]
+    assert source["origin"] == "repository" and source["path"] == str(mnist_dir)
+    assert source["md5"]["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
 
 
 @pytest.mark.parametrize(

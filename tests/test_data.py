@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -240,3 +241,57 @@ def test_labels_beyond_the_classes_given_and_broken_files(tmp_path):
         load_arrays(tmp_path / "nowhere.npz")
     with pytest.raises(JalError, match="data from path and mnist_dir at once"):
         DataConfig(path="a.npz", mnist_dir="b")
+
+
+def _altered_copy(source, target, name="train-labels-idx1-ubyte"):
+    """A copy of the MNIST folder `source` with one byte of one file's content changed."""
+    shutil.copytree(source, target)
+    path = target / f"{name}.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10  # still a valid label: only the md5 can tell
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+def test_where_mnist_comes_from_without_a_folder_named(monkeypatch, tmp_path, mnist_dir, synthetic_dir):
+    monkeypatch.setenv("JAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("JAL_MNIST_DIR", raising=False)
+    assert mnist.repository_copy() == mnist_dir  # the tests run from a clone
+    dataset = mnist.load_mnist()
+    assert dataset.source["origin"] == "repository" and dataset.source["path"] == str(mnist_dir)
+    assert dataset.source["md5"] == {name: md5 for name, md5 in IDX_FILES.values()}
+    # The download cache comes before the repository's copy, and is checked too.
+    shutil.copytree(mnist_dir, tmp_path / "cache" / "mnist")
+    assert mnist.load_mnist().source["origin"] == "cache"
+    _altered_copy(mnist_dir, tmp_path / "altered")
+    shutil.rmtree(tmp_path / "cache" / "mnist")
+    shutil.copytree(tmp_path / "altered", tmp_path / "cache" / "mnist")
+    with pytest.raises(JalError, match="the download cache is altered or corrupt"):
+        mnist.load_mnist()
+    shutil.rmtree(tmp_path / "cache" / "mnist")
+    # $JAL_MNIST_DIR and a folder named come first, and may hold any IDX data.
+    monkeypatch.setenv("JAL_MNIST_DIR", str(synthetic_dir))
+    assert mnist.load_mnist().source["origin"] == "JAL_MNIST_DIR"
+    assert mnist.load_mnist(synthetic_dir).source["origin"] == "given"
+    monkeypatch.delenv("JAL_MNIST_DIR")
+    # Without a clone's copy, it is downloaded.
+    monkeypatch.setattr(mnist, "repository_copy", lambda: None)
+    monkeypatch.setattr(mnist, "download_mnist", lambda directory: synthetic_dir)
+    assert mnist.load_mnist().source["origin"] == "download"
+
+
+def test_a_changed_byte_in_the_repositorys_copy_is_refused(monkeypatch, tmp_path, mnist_dir, capsys):
+    from jal.cli import main
+
+    monkeypatch.setenv("JAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("JAL_MNIST_DIR", raising=False)
+    altered = _altered_copy(mnist_dir, tmp_path / "copy")
+    monkeypatch.setattr(mnist, "repository_copy", lambda: tmp_path / "copy")
+    with pytest.raises(JalError) as error:
+        mnist.load_mnist()
+    assert str(altered) in str(error.value) and "the repository's copy is altered or corrupt" in str(error.value)
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{altered}: content md5" in err and "restore it, or pass --data-dir" in err and err.count("\n") == 1
+    assert not out.exists()

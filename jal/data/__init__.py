@@ -35,7 +35,8 @@ class DataConfig:
 
     At most one source: `path` (a .npz file or a folder of .npy files), `mnist_dir` (the
     four MNIST IDX files), `tfds` (a prepared TFDS dataset by name, in `tfds_data_dir`).
-    None of them: MNIST from $JAL_MNIST_DIR, else downloaded once.
+    None of them: MNIST from $JAL_MNIST_DIR, the download cache, a clone's `data/mnist`,
+    or a download (`jal.data.mnist.load_mnist`).
     """
 
     path: str | None = None

@@ -1,7 +1,11 @@
-"""MNIST from its IDX files (gzipped or not): reading, validation, download.
+"""MNIST from its IDX files (gzipped or not): reading, validation, where to find it, download.
 
 The images stay uint8 on the host, [N, 28, 28, 1]; the reference's normalisation
 (torchvision's Normalize((0.1307,), (0.3081,))) is the dataset's `normalization`.
+
+Without a folder named, MNIST comes from the first of: $JAL_MNIST_DIR; the download
+cache; the copy a clone of the repository ships in `data/mnist`; a download. The cache's
+and the repository's files are checked against MNIST's md5 sums before use.
 """
 
 from __future__ import annotations
@@ -173,7 +177,44 @@ def download_mnist(directory: str | os.PathLike, *, mirror: str = DEFAULT_MIRROR
     return directory
 
 
+def repository_copy() -> Path | None:
+    """The `data/mnist` folder of the clone jal runs from, if it runs from one (an installed jal has none)."""
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "data" / "mnist"
+    return folder if (root / "pyproject.toml").is_file() and folder.is_dir() else None
+
+
+def _holds_mnist(directory: Path) -> bool:
+    return all((directory / f"{name}.gz").is_file() or (directory / name).is_file() for name, _ in IDX_FILES.values())
+
+
+def check_md5(dataset: Dataset, what: str) -> Dataset:
+    """`dataset` if every file it was read from has MNIST's md5, else a JalError naming the file."""
+    for name, md5 in IDX_FILES.values():
+        found = dataset.source["md5"][name]
+        if found != md5:
+            path = _find_idx_file(Path(dataset.source["path"]), name)
+            raise JalError(
+                f"{path}: content md5 {found}, expected {md5}; {what} is altered or corrupt: restore it, "
+                "or pass `mnist_dir`"
+            )
+    return dataset
+
+
 def load_mnist(directory: str | os.PathLike | None = None) -> Dataset:
-    """MNIST from the IDX folder given, else $JAL_MNIST_DIR, else downloaded once into `default_cache_dir()`."""
-    directory = directory or os.environ.get("JAL_MNIST_DIR") or download_mnist(default_cache_dir())
-    return load_idx_dir(directory)
+    """MNIST from the IDX folder given, else the first source that has it (see the module's docstring).
+
+    The dataset's `source["origin"]` says which: "given", "JAL_MNIST_DIR", "cache",
+    "repository" or "download".
+    """
+    if directory is not None:
+        origin, dataset = "given", load_idx_dir(directory)
+    elif os.environ.get("JAL_MNIST_DIR"):
+        origin, dataset = "JAL_MNIST_DIR", load_idx_dir(os.environ["JAL_MNIST_DIR"])
+    elif _holds_mnist(default_cache_dir()):
+        origin, dataset = "cache", check_md5(load_idx_dir(default_cache_dir()), "the download cache")
+    elif repository_copy() is not None:
+        origin, dataset = "repository", check_md5(load_idx_dir(repository_copy()), "the repository's copy")
+    else:
+        origin, dataset = "download", load_idx_dir(download_mnist(default_cache_dir()))
+    return dataset._replace(source={**dataset.source, "origin": origin})
