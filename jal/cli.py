@@ -13,10 +13,11 @@ import math
 import re
 import sys
 
+from jal.acquire.sampling import SAMPLINGS
+from jal.data import DataConfig
 from jal.errors import JalError
 
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
-SAMPLINGS = ("topk", "power", "softmax", "softrank")
 # Names from the literature for BALD under a stochastic draw (Kirsch et al., 2023).
 SAMPLED_BALD = {f"{sampling}bald": sampling for sampling in SAMPLINGS[1:]}
 MODEL_FLAGS = {  # the models' own settings: flag -> setting
@@ -25,7 +26,7 @@ MODEL_FLAGS = {  # the models' own settings: flag -> setting
     "--hidden-sizes": "hidden_sizes",
     "--dropout-rate": "dropout_rate",
 }
-SOURCES = ("data.path", "data.mnist_dir", "data.tfds", "data.tfds_data_dir")
+SOURCES = tuple(f"data.{field}" for field in DataConfig.SOURCES)
 # A setting's Python name -> its flag, for error messages; `_setting` adds every config flag.
 FLAGS: dict[str, str] = {
     "out": "--out",
@@ -153,6 +154,8 @@ def _add_data_flags(parser, defaults, *, pool: bool = True) -> None:
 
 def _add_model_flags(parser) -> None:
     from jal.models import MODELS
+    from jal.models.convs import CONVS
+    from jal.models.lenet5 import SCORERS
 
     model = parser.add_argument_group("model")
     _setting(
@@ -166,11 +169,11 @@ def _add_model_flags(parser) -> None:
     )
     for flag, kwargs in {
         "--conv": dict(
-            choices=("auto", "native", "im2col", "xla"),
+            choices=("auto", *CONVS),
             help="lenet5, cnn: the training convolution (default: auto, the fastest on this backend)",
         ),
         "--scorer": dict(
-            choices=("factorised", "factorised_xla", "vmapped"),
+            choices=SCORERS,
             help="lenet5: MC scoring's form, all exact (default: factorised)",
         ),
         "--hidden-sizes": dict(type=_int_at_least(1), nargs="+", help="mlp: hidden layer widths (default: 128 128)"),

@@ -17,11 +17,10 @@ from typing import Any
 
 from jal.data import DataConfig
 from jal.errors import JalError
+from jal.filtering import FRACTIONS
 from jal.loop import LoopConfig
 from jal.models import Model, build_model, default_settings
 from jal.train import TrainConfig
-
-FRACTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -219,8 +219,7 @@ def analyze_run(run_dir: str | os.PathLike, *, sources: dict | None = None, retr
     config = from_json(RunConfig, {k: v for k, v in saved.items() if k != "record"}, f"{run_dir}/{store.CONFIG}")
     data = config.data
     if sources:
-        cleared = {"path": None, "mnist_dir": None, "tfds": None, "tfds_data_dir": None}
-        data = dataclasses.replace(data, **{**cleared, **sources})
+        data = dataclasses.replace(data, **{**dict.fromkeys(DataConfig.SOURCES), **sources})
     dataset = load_dataset(data)
     pool_indices = store.read_pool_indices(run_dir)
     if pool_indices.max(initial=0) >= len(dataset.x_train):

@@ -22,6 +22,8 @@ from jal.models import Model
 from jal.scoring import mc_log_probs
 from jal.train import TrainConfig, epoch_size, train
 
+FRACTIONS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+
 
 def kept_indices(scores: np.ndarray, fraction: float, *, protected=(), rng: np.random.Generator | None = None):
     """The pool indices kept after removing `fraction` of the candidates, sorted.
@@ -101,7 +103,7 @@ def filter_curve(
     scores: np.ndarray,
     *,
     protected=(),
-    fractions=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9),
+    fractions=FRACTIONS,
     config: TrainConfig,
     mc_samples: int = 32,
     seed: int = 0,

@@ -31,12 +31,9 @@ from jal.models import Model
 FORMAT = 1
 
 
-def fingerprint(pool_inputs) -> str:
-    """md5 of the pool's inputs: a saved learner belongs to one pool."""
-    digest = hashlib.md5()
-    for start in range(0, len(pool_inputs), 65_536):
-        digest.update(np.ascontiguousarray(pool_inputs[start : start + 65_536]).tobytes())
-    return digest.hexdigest()
+def fingerprint(pool_inputs: jax.Array) -> str:
+    """md5 of the pool's inputs as a learner holds them (float32): a saved learner belongs to one pool."""
+    return hashlib.md5(np.ascontiguousarray(pool_inputs).tobytes()).hexdigest()
 
 
 class ActiveLearner:
@@ -97,7 +94,11 @@ class ActiveLearner:
         path = Path(path)
         from jal.config import to_json
 
-        settings = {"format": FORMAT, "config": to_json(self.config), "pool": fingerprint(self.data.pool_inputs)}
+        settings = {
+            "format": FORMAT,
+            "config": to_json(self.config),
+            "pool": fingerprint(self.data.pool_inputs),
+        }
         state = self.state._replace(key=jax.random.key_data(self.state.key))
         tmp = path.with_name(path.name + ".tmp.npz")
         try:
@@ -130,7 +131,8 @@ class ActiveLearner:
             raise JalError(f"{path}: cannot read it ({e}); is it a learner saved by ActiveLearner.save?") from e
         if settings.get("format") != FORMAT:
             raise JalError(f"{path}: saved in format {settings.get('format')}, this jal reads {FORMAT}")
-        if fingerprint(np.asarray(pool_inputs)) != settings["pool"]:
+        data = _data(model, pool_inputs, test_inputs, test_labels)
+        if fingerprint(data.pool_inputs) != settings["pool"]:
             raise JalError(f"{path}: saved over another pool; pass the pool inputs it was saved with")
         config = from_json(loop.LoopConfig, settings["config"], f"{path}")
         if acquisition is not None:
@@ -138,7 +140,7 @@ class ActiveLearner:
         learner = cls.__new__(cls)
         learner.config = config._replace(model=model)
         loop.check_config(learner.config)
-        learner.data = _data(model, pool_inputs, test_inputs, test_labels)
+        learner.data = data
         arrays["key"] = jax.random.wrap_key_data(arrays["key"])
         learner.state = loop.LoopState(**{k: jnp.asarray(v) for k, v in arrays.items()})
         learner.last = None

@@ -282,6 +282,7 @@ def read_analysis(run_dir: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     analysis = read_json(path, "jal run directory")
-    if not isinstance(analysis, dict) or "by_mc_samples" not in analysis:
+    needed = ("rounds", "by_mc_samples", "recorded", "filter_fractions", "z")
+    if not isinstance(analysis, dict) or any(key not in analysis for key in needed):
         raise JalError(f"{path}: not a jal analysis; run jal analyze again")
     return analysis

@@ -42,6 +42,9 @@ def test_query_teach_and_the_same_next_query_after_save_and_load(blobs, tmp_path
     expected = learner.query()
     loaded = ActiveLearner.load(path, learner.model, pool, test, test_labels)
     np.testing.assert_array_equal(loaded.query(), expected)
+    # The same pool in another dtype is the same pool, as the learner holds it (float32).
+    widened = ActiveLearner.load(path, learner.model, pool.astype(np.float64), test, test_labels)
+    np.testing.assert_array_equal(widened.query(), expected)
     np.testing.assert_array_equal(loaded.last.pool_scores, learner.last.pool_scores)
     assert 0 <= float(loaded.last.test_accuracy) <= 1
     # A learner over another pool is refused, and a broken file gives a one-line error.

@@ -80,3 +80,10 @@ def test_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     with pytest.raises(JalError, match="jal run directory"):
         store.read_metrics(tmp_path)
+
+
+def test_an_analysis_without_what_is_read_from_it_is_refused(tmp_path):
+    assert store.read_analysis(tmp_path) is None
+    (tmp_path / store.ANALYSIS).write_text(json.dumps({"by_mc_samples": {}}))
+    with pytest.raises(JalError, match="not a jal analysis; run jal analyze again"):
+        store.read_analysis(tmp_path)

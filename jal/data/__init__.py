@@ -48,6 +48,8 @@ class DataConfig:
     pool_size: int | None = None  # else 10,000, or the whole training split if smaller
     pool_seed: int = 1
 
+    SOURCES = ("path", "mnist_dir", "tfds", "tfds_data_dir")  # the fields that say where the data is
+
     def __post_init__(self):
         named = [name for name in ("path", "mnist_dir", "tfds") if getattr(self, name) is not None]
         if len(named) > 1:

@@ -8,8 +8,6 @@ names below are the ones `jal run --model` knows.
 
 from __future__ import annotations
 
-import dataclasses
-
 from jal.errors import JalError
 from jal.models.base import FlaxModel, Model, Params
 from jal.models.cnn import CNNModel
@@ -23,9 +21,7 @@ __all__ = ["MODELS", "FlaxModel", "Model", "Params", "build_model", "default_set
 
 def default_settings(name: str) -> dict:
     """The settings `name` takes besides the data's shapes, with their defaults."""
-    model = _model_class(name)
-    skip = {"input_shape", "num_classes", "module"}
-    return {f.name: f.default for f in dataclasses.fields(model) if f.init and f.name not in skip}
+    return {f.name: f.default for f in _model_class(name).setting_fields()}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **settings) -> Model:

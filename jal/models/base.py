@@ -81,11 +81,16 @@ class Model:
         key_axis = None if keys.ndim == 0 else 0  # a shared key: the same K draws for every input
         return jax.nn.log_softmax(jax.vmap(one_input, in_axes=(0, key_axis))(x, keys))
 
+    @classmethod
+    def setting_fields(cls) -> list[dataclasses.Field]:
+        """The model's own settings' fields: what `jal.models.build_model` takes besides the data's shapes."""
+        skip = {"input_shape", "num_classes", "module"}
+        return [f for f in dataclasses.fields(cls) if f.init and f.name not in skip]
+
     @property
     def settings(self) -> dict:
-        """The model's own settings (what `jal.models.build_model` takes besides the data's shapes)."""
-        skip = {"input_shape", "num_classes", "module"}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init and f.name not in skip}
+        """The model's own settings, by name."""
+        return {f.name: getattr(self, f.name) for f in self.setting_fields()}
 
     def resolved_settings(self) -> dict:
         """`settings` as they apply here ("auto" choices resolved), for a run's record."""

@@ -331,9 +331,8 @@ class LeNet5(Model):
 
     def logits(self, params: Params, x: jax.Array, key: jax.Array) -> jax.Array:
         masks = sample_masks(key, (x.shape[0],))
-        conv = resolve_conv(self.conv, native=True)
-        if conv != "native":
-            return LeNet(self.num_classes, conv=conv).apply({"params": params}, x, masks)
+        if resolve_conv(self.conv, native=True) != "native":
+            return self.forward(params, x, masks)
         if jax.default_backend() != "cpu" or not jal.native.available():
             raise JalError(f"conv 'native' needs the native CPU kernel ({jax.default_backend()} here); use conv 'auto'")
         return channel_major_logits(params, x, masks, conv2=jal.native.masked_conv2)
