@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jal import diagnostics, store
+from jal.acquire import check_estimator
 from jal.acquire.estimators import ESTIMATORS
 from jal.data import Normalization
 from jal.errors import JalError
@@ -73,10 +74,13 @@ def analyze(
     """
     if repeats < 2 or subset < 2 or every < 1 or not mc_samples or min(mc_samples) < 1:
         raise JalError("`repeats` and `subset` must be at least 2, `every` and each K at least 1")
+    store.check_run_dir(run_dir)  # a damaged run is refused before any model is re-scored
     config, metrics, history, labeled = store.read_history(run_dir)
     score_name = config["record"]["score_name"]
     if score_name not in ESTIMATORS:
         raise JalError(f"{run_dir}: its {score_name!r} scores cannot be recomputed one sample at a time")
+    for k in mc_samples:  # before any sibling trains
+        check_estimator(score_name, k)
     pool_size = history.shape[1]
     if len(pool_inputs) != pool_size or (pool_labels is not None and len(pool_labels) != pool_size):
         raise JalError(f"{len(pool_inputs)} pool inputs for a run over {pool_size}; is this the run's data?")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import signal
 import sys
+import warnings
+from pathlib import Path
 
 from jal.acquire.sampling import SAMPLINGS
 from jal.data import DataConfig
@@ -64,6 +68,13 @@ def _float_above(minimum: float, *, inclusive: bool):
         return value
 
     return parse
+
+
+def _fraction_up_to_one(text: str) -> float:
+    value = _float_above(0, inclusive=False)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at most 1")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -197,8 +208,9 @@ def _add_run(commands) -> None:
 
     defaults = RunConfig()
     run = commands.add_parser("run", help="run an active-learning experiment (defaults: the reference MNIST BALD run)")
-    run.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
+    run.add_argument("--out", help="run directory to create (must not exist or be empty)")
     run.add_argument("--config", help="start from the settings of this config.json (a run's); flags change them")
+    _add_resume_flags(run, "run")
     _add_data_flags(run, defaults)
     _add_model_flags(run)
     loop = run.add_argument_group("loop")
@@ -288,6 +300,42 @@ def _add_run(commands) -> None:
         "on the initial labels",
     )
     _setting(filtering, "--filter-estimator", "filter_estimator", defaults, choices=ESTIMATORS)
+    stop = run.add_argument_group("stopping rules (default: none; the run ends after --iterations)")
+    _setting(stop, "--target-accuracy", "stop.target_accuracy", None, type=_fraction_up_to_one,
+             help="stop once test accuracy reaches this")  # fmt: skip
+    _setting(stop, "--max-labels", "stop.max_labels", None, type=_int_at_least(1),
+             help="stop once a model has trained on this many labels")  # fmt: skip
+    _setting(stop, "--plateau", "stop.plateau", None, type=_int_at_least(1),
+             help="stop after this many rounds without a new best test accuracy")  # fmt: skip
+    _setting(stop, "--plateau-delta", "stop.plateau_delta", defaults, type=_float_above(0, inclusive=True),
+             help="a new best must beat the old by more than this")  # fmt: skip
+    tracking = run.add_argument_group("tracking (the run directory stays the record; a tracker that fails only warns)")
+    tracking.add_argument("--wandb", metavar="PROJECT[/GROUP]", help="log every round to Weights & Biases (jal[wandb])")
+    tracking.add_argument("--tensorboard", metavar="DIR", help="log every round to TensorBoard (jal[tensorboard])")
+
+
+def _add_resume_flags(parser, what: str) -> None:
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help=f"go on with the interrupted {what} in DIR from where it stopped, with its settings",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: go on even where the settings given or the package versions differ from the saved",
+    )
+
+
+def _target(args) -> tuple[str, bool]:
+    """The directory a run or filter writes, and whether it resumes it."""
+    if (args.out is None) == (args.resume is None):
+        raise JalError("give --out DIR for a new directory, or --resume DIR to go on with an interrupted one")
+    if args.force and not args.resume:
+        raise JalError("--force only applies with --resume")
+    if args.resume and args.config:
+        raise JalError("--resume reads the settings of the directory itself; drop --config")
+    return args.out or args.resume, args.resume is not None
 
 
 def _add_filter(commands) -> None:
@@ -300,8 +348,9 @@ def _add_filter(commands) -> None:
         help="offline data filtering: test accuracy after removing the least informative x%% of the pool, "
         "against removing x%% at random",
     )
-    filter_.add_argument("--out", required=True, help="result directory to create (must not exist or be empty)")
+    filter_.add_argument("--out", help="result directory to create (must not exist or be empty)")
     filter_.add_argument("--config", help="start from the settings of this config.json (a filter's); flags change them")
+    _add_resume_flags(filter_, "filter")
     _add_data_flags(filter_, defaults)
     _add_model_flags(filter_)
     options = filter_.add_argument_group("filtering")
@@ -362,12 +411,43 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="plot test accuracy against labels and sorted score curves")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", required=True, help="figure file (.png, .svg or .pdf)")
+
+    compare = commands.add_parser(
+        "compare", help="runs grouped by their settings but the seed: labels to reach accuracies, final accuracy "
+        "with a bootstrap interval, paired tests between groups"
+    )  # fmt: skip
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--at", type=_accuracies, default=(0.9, 0.95), help="accuracies to reach (default: 0.9,0.95)")
+    compare.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="how to print the tables")
+    compare.add_argument("--pair", nargs=2, action="append", metavar=("GROUP", "GROUP"),
+                         help="test these two groups (labels as printed); default: every pair")  # fmt: skip
+    compare.add_argument("--plot", metavar="FILE", help="also draw the learning curves, median and range over seeds")
+    for command in commands.choices.values():
+        command.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    parser.add_argument("--version", action="version", version=f"jal {_version()}")
     return parser
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("jal")
+    except importlib.metadata.PackageNotFoundError:  # a clone used without installing it
+        return "(not installed)"
+
+
+def _accuracies(text: str) -> tuple[float, ...]:
+    return tuple(_fraction_up_to_one(part) for part in text.split(","))
+
+
+# Flags that say where, how loudly or to whom, not what is computed.
+NOT_SETTINGS = ("command", "out", "config", "resume", "force", "quiet", "wandb", "tensorboard")
 
 
 def _given(args) -> dict:
     """The settings the flags given set, by dotted path (the other flags are absent: argparse.SUPPRESS)."""
-    return {path: value for path, value in vars(args).items() if path not in ("command", "out", "config")}
+    return {path: value for path, value in vars(args).items() if path not in NOT_SETTINGS}
 
 
 def _config(cls, args):
@@ -376,11 +456,17 @@ def _config(cls, args):
     from jal.config import from_json, override
     from jal.models import default_settings
 
-    if args.config:
-        saved = store.read_json(args.config, "jal config.json")
+    source = args.config or (args.resume and f"{args.resume}/{store.CONFIG}")
+    if args.resume and not Path(source).exists():
+        raise JalError(f"{args.resume}: no {store.CONFIG}; it is no jal directory, or it never started (use --out)")
+    if args.resume and store.is_filter_dir(args.resume) != (cls.__name__ == "FilterConfig"):
+        kind, command = ("filter", "jal filter") if store.is_filter_dir(args.resume) else ("run", "jal run")
+        raise JalError(f"{args.resume} is a jal {kind} directory, not a jal {args.command}'s; resume it with {command}")
+    if source:
+        saved = store.read_json(source, "jal config.json")
         if not isinstance(saved, dict):
-            raise JalError(f"{args.config}: not a JSON object; pass a run's config.json")
-        base = from_json(cls, {k: v for k, v in saved.items() if k != "record"}, args.config)
+            raise JalError(f"{source}: not a JSON object; pass a run's config.json")
+        base = from_json(cls, {k: v for k, v in saved.items() if k not in ("record", "resumed")}, source)
     else:
         base = cls()
     changes = _given(args)
@@ -413,102 +499,195 @@ def _flags(message: str) -> str:
     return re.sub(r"`(\w+)`", lambda match: FLAGS.get(match[1], match[1]), " ".join(message.split()))
 
 
+class _Progress:
+    """A progress bar on stderr, made at the first step: a command refused before any work prints its one line only."""
+
+    def __init__(self, description: str, unit: str, *, quiet: bool, initial: int = 0):
+        self.options = dict(desc=description, unit=unit, initial=initial, file=sys.stderr, disable=quiet)
+        self.bar = None
+
+    def step(self, text: str | None = None, total: int | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, **self.options)
+        self.bar.total = total if total is not None else self.bar.total
+        if text is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update()
+
+    def write(self, line: str) -> None:
+        """A line on stdout that the bar does not tear."""
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run_command(args) -> None:
     import time
 
     from tqdm.auto import tqdm
 
+    from jal import store, tracking
     from jal.config import RunConfig
     from jal.experiment import run
 
+    out, resume = _target(args)
     config = _config(RunConfig, args)
+    tracker = tracking.trackers_from(args.wandb, args.tensorboard)
     start = time.perf_counter()
-    progress = None
+    progress, x_train = None, None
 
-    def on_start(rounds: int) -> None:
-        nonlocal progress
-        progress = tqdm(total=rounds, desc="jal run", unit="round", file=sys.stderr)
+    def on_start(rounds: int, finished: int) -> None:
+        nonlocal progress, x_train
+        progress = tqdm(total=rounds, initial=finished, desc="jal run", unit="round", file=sys.stderr,
+                        disable=args.quiet)  # fmt: skip
+        if finished < rounds and tracker.trackers:
+            from jal.data import load_dataset
+
+            x_train = load_dataset(config.data).x_train  # the raw inputs, to show the acquired ones
+            tracker.start(store.read_config(out), out)
 
     def on_round(metrics) -> None:
         progress.set_postfix(labels=metrics["num_labeled"], test_acc=f"{metrics['test_accuracy']:.4f}")
         progress.update()
+        if tracker.active:
+            tracker.log_round(metrics, *tracking.round_arrays(out, metrics, x_train))
 
+    state = "failed"
     try:
-        run_dir = run(config, args.out, on_start=on_start, on_round=on_round)
+        run_dir = run(config, out, resume=resume, force=args.force, on_start=on_start, on_round=on_round)
+        state = "finished"
+    except JalError as e:
+        state = "interrupted" if str(e).startswith("interrupted") else "failed"
+        raise
     finally:
         if progress is not None:
             progress.close()
-    print(f"done: {metrics_summary(run_dir)}, {time.perf_counter() - start:.1f} s; results in {run_dir}")
+        if tracker.trackers:
+            tracker.finish(state)
+    if not args.quiet:
+        print(f"done: {metrics_summary(run_dir)}, {time.perf_counter() - start:.1f} s; results in {run_dir}")
 
 
 def metrics_summary(run_dir) -> str:
-    from jal.store import read_metrics
+    from jal.store import read_metrics, read_status
 
     metrics = read_metrics(run_dir)
     last = metrics[-1]
+    stopped = read_status(run_dir).get("stopped")
     return (
         f"{len(metrics)} rounds, {last['num_labeled']} labels, test accuracy {last['test_accuracy']:.4f}, "
-        f"NLL {last['test_nll']:.4f}"
+        f"NLL {last['test_nll']:.4f}" + (f"; stopped: {stopped}" if stopped else "")
     )
 
 
 def filter_command(args) -> None:
     from jal.config import FilterConfig
     from jal.experiment import filter_pool
+    from jal.store import is_filter_dir, read_filtering
 
+    out, resume = _target(args)
     config = _config(FilterConfig, args)
     header = "| removed | by | kept | test accuracy | test NLL |\n| --- | --- | --- | --- | --- |"
+    total = sum(2 if fraction > 0 else 1 for fraction in config.fractions)  # random removal too, where any
+    done = len(read_filtering(out)) if resume and is_filter_dir(out) else 0
+    progress = _Progress("jal filter", "model", quiet=args.quiet, initial=done)
 
     def on_result(e) -> None:
         nonlocal header
-        if header:
-            print(header)
-            header = ""
+        progress.step(total=total)
+        if args.quiet:
+            return
         row = f"| {e['fraction']:.0%} | {e['removal']} | {e['num_kept']} | {e['test_accuracy']:.4f} "
-        print(f"{row}| {e['test_nll']:.4f} |", flush=True)
+        progress.write(f"{header}\n" * bool(header) + f"{row}| {e['test_nll']:.4f} |")
+        header = ""
 
-    print(f"results in {filter_pool(config, args.out, on_result=on_result)}")
+    try:
+        out = filter_pool(config, out, resume=resume, force=args.force, on_result=on_result)
+    finally:
+        progress.close()
+    if not args.quiet:
+        print(f"results in {out}")
 
 
 def analyze_command(args) -> None:
+    from jal import store
     from jal.experiment import analyze_run
     from jal.report import table
-    from jal.store import ANALYSIS
 
+    # Checked before the data loads and any model trains, which take long.
+    store.check_run_dir(args.run_dir)
+    if not os.access(args.run_dir, os.W_OK):
+        raise JalError(f"{args.run_dir}: cannot write {store.ANALYSIS} into it; make the folder writable")
     sources = {path.split(".", 1)[1]: value for path, value in vars(args).items() if path in SOURCES}
-    result = analyze_run(
-        args.run_dir,
-        sources=sources,
-        retrain=args.retrain,
-        mc_samples=tuple(args.mc_samples),
-        repeats=args.repeats,
-        subset=args.subset,
-        every=args.every,
-        z=args.z,
-        seed=args.seed,
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
-    )
-    print(table(result))
-    print(f"wrote {args.run_dir}/{ANALYSIS}")
+    bar = _Progress("jal analyze", "step", quiet=args.quiet)
+    try:
+        result = analyze_run(
+            args.run_dir,
+            sources=sources,
+            retrain=args.retrain,
+            mc_samples=tuple(args.mc_samples),
+            repeats=args.repeats,
+            subset=args.subset,
+            every=args.every,
+            z=args.z,
+            seed=args.seed,
+            progress=bar.step,
+        )
+    except OSError as e:  # writing analysis.json (whole or not at all): a full disk, say
+        raise JalError(f"{args.run_dir}: cannot write {store.ANALYSIS} ({e}); free some space") from e
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(table(result))
+        print(f"wrote {args.run_dir}/{store.ANALYSIS}")
 
 
 def figures_command(args) -> None:
     from jal.figures import write_figures
 
-    for path in write_figures(args.run_dirs, args.out):
+    bar = _Progress("jal figures", "figure", quiet=args.quiet)
+    try:
+        paths = write_figures(args.run_dirs, args.out, progress=bar.step)
+    finally:
+        bar.close()
+    for path in paths if not args.quiet else ():
         print(f"wrote {path}")
 
 
 def report_command(args) -> None:
     from jal.report import build_report
 
-    print(f"wrote {build_report(args.run_dirs, args.out)}")
+    path = build_report(args.run_dirs, args.out)
+    if not args.quiet:
+        print(f"wrote {path}")
 
 
 def plot_command(args) -> None:
     from jal.figures import plot_runs
 
-    print(f"wrote {plot_runs(args.run_dirs, args.out)}")
+    path = plot_runs(args.run_dirs, args.out)
+    if not args.quiet:
+        print(f"wrote {path}")
+
+
+def compare_command(args) -> None:
+    from jal import compare
+
+    comparison = compare.compare(compare.load_runs(args.run_dirs), at=args.at, pairs=args.pair)
+    if args.plot:
+        compare.plot(comparison, args.plot)  # first: a figure that cannot be written stops before any output
+    if args.format == "csv":
+        print(compare.csv(comparison), compare.csv(comparison, "tests"), sep="\n")
+    else:
+        print(compare.markdown(comparison))
+    if args.plot and not args.quiet:
+        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 COMMANDS = {
@@ -518,6 +697,7 @@ COMMANDS = {
     "figures": figures_command,
     "report": report_command,
     "plot": plot_command,
+    "compare": compare_command,
 }
 
 
@@ -527,10 +707,24 @@ def main(argv: list[str] | None = None) -> int:
     from jal.runtime import keep_freed_memory
 
     keep_freed_memory()
+    warnings.formatwarning = lambda message, *args, **kwargs: f"jal: warning: {_flags(str(message))}\n"
+    # A scheduler's pre-emption (SIGTERM) stops a command as Ctrl-C does: what finished is kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         COMMANDS[args.command](args)
     except JalError as e:
         print(f"jal: error: {_flags(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jal: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from jal.resources import out_of_memory
+
+        error = out_of_memory(e)  # an allocation numpy or XLA refused: one line, like any bad setting
+        if error is None:
+            raise
+        print(f"jal: error: {_flags(str(error))}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,6 +20,7 @@ from jal.errors import JalError
 from jal.filtering import FRACTIONS
 from jal.loop import LoopConfig
 from jal.models import Model, build_model, default_settings
+from jal.stopping import StopConfig
 from jal.train import TrainConfig
 
 
@@ -55,6 +56,7 @@ class RunConfig:
     seed: int = 42
     filter_fraction: float = 0.0  # first remove this fraction of the pool: the lowest filter_estimator scores
     filter_estimator: str = "bald"
+    stop: StopConfig = StopConfig()  # stopping rules: a target accuracy, a label budget, a plateau
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jal import analysis, loop, store
+from jal import analysis, loop, resources, stopping, store, workdir
+from jal.acquire import check_estimator
 from jal.config import FilterConfig, RunConfig, from_json, to_json
 from jal.data import DataConfig, Dataset, load_dataset, make_pool
 from jal.errors import JalError
@@ -65,23 +67,27 @@ def record(pool: Pool, model: Model, **facts) -> dict:
     }
 
 
-def run(
-    config: RunConfig,
-    out: str | os.PathLike,
-    *,
-    on_start: Callable[[int], None] = lambda rounds: None,
-    on_round: Callable[[dict], None] = lambda metrics: None,
-) -> Path:
-    """An active-learning experiment: `config.iterations` rounds of train, score, acquire, then a last evaluation.
+class Setup(NamedTuple):
+    """A run's inputs once its settings are resolved: all `run` needs before its first round."""
 
-    Writes the run directory `out` as it goes (`jal.store`). Once every input is checked,
-    `on_start` gets the number of rounds; `on_round` then sees each round's metrics.
-    """
-    store.check_new_directory(out)
+    pool: Pool
+    loop_config: loop.LoopConfig
+    indices: np.ndarray  # [P'] training-split index of each sample of the (filtered) pool
+    data: loop.Data
+    oracle: loop.Oracle
+    state: loop.LoopState  # before the first round
+    facts: dict  # config.json's "record"
+
+
+def setup(config: RunConfig) -> Setup:
+    """Loads the data, checks every setting, draws the initial labels and filters the pool."""
     pool = load_pool(config.data)
     model = config.model.build(pool.dataset.input_shape, pool.dataset.num_classes)
     loop_config = config.loop._replace(model=model)
     loop.check_config(loop_config)
+    stopping.check(config.stop)
+    if config.filter_fraction > 0:
+        check_estimator(config.filter_estimator, loop_config.mc_samples)
     if (config.initial is None) == (config.initial_per_class is None):
         raise JalError("give one of `initial` and `initial_per_class`")
     if config.initial_per_class:
@@ -92,6 +98,8 @@ def run(
     else:
         initial, num_initial = loop.initial_indices(len(pool.labels), config.initial, config.seed), config.initial
     loop.check_settings(len(pool.labels), num_initial, loop_config.acquire, config.iterations)
+    test_size = len(pool.dataset.x_test)
+    resources.check_fits(resources.loop_needs(loop_config, pool_size=len(pool.labels), test_size=test_size))
 
     indices, labels, data = pool.indices, pool.labels, pool.data
     if config.filter_fraction > 0:
@@ -109,7 +117,6 @@ def run(
         initial = np.searchsorted(kept, initial)  # the same samples, renumbered in the kept pool
     oracle = loop.dataset_oracle(labels)
     state = loop.init(jax.random.key(config.seed), len(labels), initial, oracle(initial), num_classes=model.num_classes)
-
     facts = record(
         pool,
         model,
@@ -118,91 +125,282 @@ def run(
         score_name=loop_config.score_name,
         consistent_masks=loop_config.consistent_masks,
     )
-    rounds = config.iterations + 1
-    test_size = len(pool.dataset.x_test) if loop_config.score_test else 0
-    model_size = sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
-    writer = store.RunWriter(
-        out,
-        {**to_json(config), "record": facts},
-        pool_indices=indices,
-        rounds=rounds,
-        test_size=test_size,
-        model_size=model_size,
-    )
-    on_start(rounds)
-    last = time.perf_counter()
+    return Setup(pool, loop_config, indices, data, oracle, state, facts)
 
-    def write(info) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        on_round(writer.append(info, now - last))
-        last = now
 
-    try:
-        loop.run(state, data, loop_config, oracle, iterations=config.iterations, callback=write)
-    except KeyboardInterrupt:
-        raise JalError(f"interrupted; the {writer.round} finished rounds are in {writer.run_dir}") from None
-    finally:
+def run(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    on_start: Callable[[int, int], None] = lambda rounds, finished: None,
+    on_round: Callable[[dict], None] = lambda metrics: None,
+) -> Path:
+    """An active-learning experiment: `config.iterations` rounds of train, score, acquire, then a last evaluation.
+
+    Writes the run directory `out` as it goes (`jal.store`). With `resume`, `out` is an
+    interrupted run of `config`: it goes on from its last finished round and ends as an
+    uninterrupted run would, bit for bit (`force`: even where its settings or versions
+    differ). Once every input is checked, `on_start` gets the number of rounds and of those
+    already finished; `on_round` then sees each new round's metrics.
+    """
+    out = Path(out)
+    writer, diverged = None, False
+
+    def committed() -> bool:  # else a fresh directory goes again: nothing in it is worth keeping
+        return writer is not None and (_finished_rounds(out) > 0 or diverged)
+
+    with workdir.writing(out, fresh=not resume, leftovers=store.unstarted, committed=committed):
+        saved = _saved_run(out) if resume else None
+        if saved is not None and store.committed_rounds(out) == saved.get("iterations", -1) + 1:
+            # Finished: nothing to do, unless other settings were asked for.
+            _check_reproducible(out, saved, {**to_json(config), "record": saved["record"]}, force=False)
+            on_start(config.iterations + 1, config.iterations + 1)
+            return out
+        prepared = setup(config)
+        saved_config = {**to_json(config), "record": prepared.facts}
+        rounds = config.iterations + 1
+        test_size = len(prepared.pool.dataset.x_test) if prepared.loop_config.score_test else 0
+        model = prepared.loop_config.model
+        model_size = sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
+        sizes = dict(rounds=rounds, test_size=test_size, model_size=model_size)
+        if saved is None:
+            writer = store.RunWriter.create(out, saved_config, pool_indices=prepared.indices, **sizes)
+        else:
+            _check_reproducible(out, saved, saved_config, force=force)
+            writer = store.RunWriter.reopen(out, pool_size=len(prepared.indices), **sizes)
+            if (
+                json.loads(json.dumps(saved_config)) != saved
+            ):  # --force: the run goes on under the settings given, and says so
+                store.write_json(out / store.CONFIG, {**saved_config, "resumed": _resumes(saved, writer.round)})
+        history = store.read_metrics(out)[: writer.round]
+        stopped = stopping.reason(config.stop, history)
+        if stopped is not None:  # a rule had stopped it just before an interruption
+            writer.close()
+            store.write_status(out, "finished", rounds=writer.round, stopped=stopped)
+            on_start(writer.round, writer.round)
+            return out
+        state = prepared.state
+        for metrics in history[: config.iterations]:
+            acquired = np.asarray(metrics["acquired"], np.int64)
+            state = loop.label(state, acquired, prepared.oracle(acquired))
+        store.write_status(out, "running", rounds=writer.round)
+        on_start(rounds, writer.round)
+        last = time.perf_counter()
+
+        def write(info) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            history.append(writer.append(info, now - last))
+            on_round(history[-1])
+            last = now
+            why = stopping.reason(config.stop, history)
+            if why is not None and len(history) < rounds:
+                raise _Stopped(why)
+
+        try:
+            loop.run(
+                state,
+                prepared.data,
+                prepared.loop_config,
+                prepared.oracle,
+                iterations=config.iterations - min(writer.round, config.iterations),
+                callback=write,
+            )
+        except _Stopped as e:
+            writer.close()
+            store.write_status(out, "finished", rounds=writer.round, stopped=str(e))
+            return out
+        except BaseException as e:
+            writer.close()  # what a signal cut short between the commit and the count is on disk now
+            finished = _finished_rounds(out)
+            if isinstance(e, KeyboardInterrupt):
+                store.write_status(out, "interrupted", rounds=finished)
+                kept = f"the {finished} finished rounds are in {out}" if finished else "no round had finished"
+                raise JalError(f"interrupted; {kept}; continue with jal run --resume {out}") from None
+            if isinstance(e, loop.Diverged):
+                diverged = True  # kept, to show what happened
+                store.write_status(out, "failed", rounds=finished, reason=str(e))
+                raise JalError(f"{e}; recorded in {out / store.STATUS}") from None
+            error = resources.out_of_memory(e)
+            if error is None:
+                raise
+            store.write_status(out, "failed", rounds=finished, reason=str(error))
+            raise error from None
         writer.close()
-    return writer.run_dir
+        store.write_status(out, "finished", rounds=writer.round)
+    return out
+
+
+class _Stopped(Exception):
+    """A stopping rule ended the run (`jal.stopping`): the message says why."""
+
+
+def _finished_rounds(directory: Path, name: str = store.METRICS) -> int:
+    """The rounds (or evaluations) committed to disk: the truth, whatever a signal interrupted."""
+    return store.committed_rounds(directory, name) if (directory / name).exists() else 0
+
+
+def _saved_run(run_dir: Path) -> dict:
+    """The config.json of a run to resume."""
+    if not (run_dir / store.CONFIG).exists():
+        raise JalError(f"{run_dir}: the run never started (no {store.CONFIG}); start it anew with --out {run_dir}")
+    saved = store.read_config(run_dir)
+    if store.is_filter_dir(run_dir):
+        raise JalError(f"{run_dir} is a jal filter directory; resume it with jal filter --resume")
+    return saved
+
+
+def _differences(saved, given, path: str = "") -> list[str]:
+    """The dotted paths at which two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [d for key in sorted(set(saved) | set(given)) for d in _differences(
+            saved.get(key), given.get(key), f"{path}.{key}" if path else key)]  # fmt: skip
+    return [] if saved == given else [path]
+
+
+IGNORED = ("data.path", "data.mnist_dir", "data.tfds_data_dir", "record.data.path", "record.data.origin",
+           "record.versions", "record.backend", "resumed")  # fmt: skip
+
+
+def _check_reproducible(directory: Path, saved: dict, given: dict, *, force: bool) -> None:
+    """Raises JalError unless `given` (a config.json) reproduces the `saved` one: the same settings and data.
+
+    Where the data lie is not compared, only what they hold (their md5); the versions of
+    jal and its packages and the backend are, for they change the numbers.
+    """
+    if force:
+        return
+    given = json.loads(json.dumps(given))  # as it would read back: tuples as lists
+    changed = [_named(path) for path in _differences(saved, given) if not path.startswith(IGNORED)]
+    record, now = saved["record"], given["record"]
+    changed += [f"the {name} version" for name in sorted(set(record.get("versions", {})) | set(now["versions"]))
+                if record.get("versions", {}).get(name) != now["versions"].get(name)]  # fmt: skip
+    if record.get("backend") != now["backend"]:
+        changed.append("the backend")
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise JalError(
+            f"{directory}: going on would change {shown}, so it would not end as an uninterrupted run would; "
+            "resume with its own settings and versions, or add --force to accept the change"
+        )
+
+
+def _named(path: str) -> str:
+    """A setting's name as messages give it (the CLI shows its flag), or what a record entry says."""
+    if path.startswith("record."):
+        return f"what the settings resolved to ({path})"
+    return f"`{path.rsplit('.', 1)[-1]}`"
+
+
+def _resumes(saved: dict, round_: int) -> list[dict]:
+    """config.json's "resumed": the rounds at which a run went on under other settings (--force)."""
+    return [*saved.get("resumed", []), {"round": round_, "before": {k: v for k, v in saved.items() if k != "resumed"}}]
 
 
 def filter_pool(
-    config: FilterConfig, out: str | os.PathLike, *, on_result: Callable[[dict], None] = lambda evaluation: None
+    config: FilterConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    on_result: Callable[[dict], None] = lambda evaluation: None,
 ) -> Path:
     """Offline data filtering: test accuracy after removing the lowest-scoring fractions of the pool, and random ones.
 
     A model trained on `config.initial` pool samples (or `config.held_out` training inputs
     outside the pool) scores the pool once; for each fraction, a fresh model trains on what
-    is kept. Writes a filter directory (`jal.store`); `on_result` sees each evaluation.
+    is kept. Writes a filter directory (`jal.store`), one evaluation at a time; `on_result`
+    sees each new one. With `resume`, `out` is an interrupted filter of `config`, and it
+    goes on from its last evaluation (`force`: even where its settings or versions differ).
     """
-    store.check_new_directory(out)
-    pool = load_pool(config.data)
-    dataset = pool.dataset
-    model = config.model.build(dataset.input_shape, dataset.num_classes)
-    fit_key, score_key, curve_key = jax.random.split(jax.random.key(config.seed), 3)
-    if config.held_out:
-        outside = np.setdiff1d(np.arange(len(dataset.x_train)), pool.indices)
-        if config.held_out > len(outside):
-            raise JalError(f"`held_out` {config.held_out}: only {len(outside)} training inputs lie outside the pool")
-        scoring_set = np.sort(np.random.RandomState(config.seed).choice(outside, config.held_out, replace=False))
-        inputs = jnp.asarray(dataset.normalization.apply(dataset.x_train[scoring_set]))
-        params = fit(fit_key, model, inputs, dataset.y_train[scoring_set], np.arange(len(scoring_set)), config.train)
-        protected = np.zeros(0, int)
-    else:
-        if config.initial > len(pool.indices):
-            raise JalError(f"`initial` {config.initial} must be at most the pool size {len(pool.indices)}")
-        protected = loop.initial_indices(len(pool.indices), config.initial, config.seed)
-        scoring_set = pool.indices[protected]
-        params = fit(fit_key, model, pool.data.pool_inputs, pool.labels, protected, config.train)
-    scores = score_all(score_key, model, params, pool.data.pool_inputs, config.estimator, mc_samples=config.mc_samples)
-
     out = Path(out)
-    facts = record(pool, model, scoring_set=[int(i) for i in scoring_set])
-    with store.new_directory(out):
-        store.write_json(out / store.CONFIG, {**to_json(config), "record": facts})
-        np.save(out / store.POOL_INDICES, pool.indices)
-        np.save(out / store.FILTER_SCORES, scores)
-        (out / store.FILTERING).touch()
+    done = 0  # evaluations on disk
+    with workdir.writing(
+        out, fresh=not resume, leftovers=store.unstarted, committed=lambda: _finished_rounds(out, store.FILTERING) > 0
+    ):
+        saved = _saved_filter(out) if resume else None
+        pool = load_pool(config.data)
+        dataset = pool.dataset
+        model = config.model.build(dataset.input_shape, dataset.num_classes)
+        check_estimator(config.estimator, config.mc_samples)
+        fit_key, score_key, curve_key = jax.random.split(jax.random.key(config.seed), 3)
+        if config.held_out:
+            outside = np.setdiff1d(np.arange(len(dataset.x_train)), pool.indices)
+            if config.held_out > len(outside):
+                raise JalError(
+                    f"`held_out` {config.held_out}: only {len(outside)} training inputs lie outside the pool"
+                )
+            scoring_set = np.sort(np.random.RandomState(config.seed).choice(outside, config.held_out, replace=False))
+            protected = np.zeros(0, int)
+        else:
+            if config.initial > len(pool.indices):
+                raise JalError(f"`initial` {config.initial} must be at most the pool size {len(pool.indices)}")
+            protected = loop.initial_indices(len(pool.indices), config.initial, config.seed)
+            scoring_set = pool.indices[protected]
+        guarded = loop.LoopConfig(model=model, mc_samples=config.mc_samples, train=config.train)
+        resources.check_fits(resources.loop_needs(guarded, pool_size=len(pool.indices), test_size=len(dataset.x_test)))
+        facts = record(pool, model, scoring_set=[int(i) for i in scoring_set])
+        saved_config = {**to_json(config), "record": facts}
+        if saved is None:
+            if config.held_out:
+                inputs = jnp.asarray(dataset.normalization.apply(dataset.x_train[scoring_set]))
+                labels, kept = dataset.y_train[scoring_set], np.arange(len(scoring_set))
+            else:
+                inputs, labels, kept = pool.data.pool_inputs, pool.labels, protected
+            params = fit(fit_key, model, inputs, labels, kept, config.train)
+            scores = score_all(
+                score_key, model, params, pool.data.pool_inputs, config.estimator, mc_samples=config.mc_samples
+            )
+            np.save(out / store.POOL_INDICES, pool.indices)
+            np.save(out / store.FILTER_SCORES, scores)
+            (out / store.FILTERING).touch()
+            store.write_status(out, "running")
+            store.write_json(out / store.CONFIG, saved_config)  # the filter exists from here on
+        else:
+            _check_reproducible(out, saved, saved_config, force=force)
+            scores = store.read_filter_scores(out, len(pool.indices))
+            done = store.committed_rounds(out, store.FILTERING)
 
-    def write(evaluation) -> None:
-        store.append_filtering(out, evaluation._asdict())
-        on_result(evaluation._asdict())
+        def write(evaluation) -> None:
+            nonlocal done
+            store.append_filtering(out, evaluation._asdict())
+            done += 1
+            on_result(evaluation._asdict())
 
-    filter_curve(
-        curve_key,
-        model,
-        pool.data,
-        pool.labels,
-        scores,
-        protected=protected,
-        fractions=config.fractions,
-        config=config.train,
-        mc_samples=config.mc_samples,
-        seed=config.seed,
-        on_result=write,
-    )
+        try:
+            filter_curve(
+                curve_key,
+                model,
+                pool.data,
+                pool.labels,
+                scores,
+                protected=protected,
+                fractions=config.fractions,
+                config=config.train,
+                mc_samples=config.mc_samples,
+                seed=config.seed,
+                skip=done,
+                on_result=write,
+            )
+        except KeyboardInterrupt:
+            done = _finished_rounds(out, store.FILTERING)
+            store.write_status(out, "interrupted", evaluations=done)
+            kept = f"its {done} evaluations are in {out}" if done else "no evaluation had finished"
+            raise JalError(f"interrupted; {kept}; continue with jal filter --resume {out}") from None
+        store.write_status(out, "finished", evaluations=done)
     return out
+
+
+def _saved_filter(directory: Path) -> dict:
+    """The config.json of a filter to resume."""
+    if not (directory / store.CONFIG).exists():
+        raise JalError(f"{directory}: the filter never started (no {store.CONFIG}); start it anew with --out")
+    saved = store.read_config(directory)
+    if not store.is_filter_dir(directory):
+        raise JalError(f"{directory} is not a jal filter directory; resume a run with jal run --resume")
+    return saved
 
 
 def analyze_run(run_dir: str | os.PathLike, *, sources: dict | None = None, retrain: bool = True, **options) -> dict:
@@ -215,8 +413,16 @@ def analyze_run(run_dir: str | os.PathLike, *, sources: dict | None = None, retr
       retrain: train a sibling of every re-scored round's model (`analyze`'s pool_labels).
       options: `analyze`'s keyword arguments.
     """
+    # The run's lock: no run or other analysis writes it meanwhile. analysis.json is written
+    # whole at the end, so an interrupted analysis leaves the run as it was, to start again.
+    with workdir.writing(run_dir, fresh=False, leftovers=store.unstarted, committed=lambda: True):
+        return _analyze_run(Path(run_dir), sources, retrain, options)
+
+
+def _analyze_run(run_dir: Path, sources: dict | None, retrain: bool, options: dict) -> dict:
     saved = store.read_config(run_dir)
-    config = from_json(RunConfig, {k: v for k, v in saved.items() if k != "record"}, f"{run_dir}/{store.CONFIG}")
+    settings = {k: v for k, v in saved.items() if k not in ("record", "resumed")}
+    config = from_json(RunConfig, settings, f"{run_dir}/{store.CONFIG}")
     data = config.data
     if sources:
         data = dataclasses.replace(data, **{**dict.fromkeys(DataConfig.SOURCES), **sources})

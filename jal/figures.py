@@ -19,10 +19,8 @@ font, and its warnings about the missing font are silenced.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -34,7 +32,7 @@ import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from jal import store  # noqa: E402
+from jal import compare, outputs, store  # noqa: E402
 from jal.diagnostics import ema  # noqa: E402
 from jal.errors import JalError  # noqa: E402
 
@@ -56,10 +54,17 @@ def xkcd():
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
     return path
+
+
+def _text(label: str) -> str:
+    """A label from a file, shown as it is: matplotlib would read $...$ in it as mathematics."""
+    return label.replace("$", r"\$")
 
 
 def _informativeness() -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +150,7 @@ def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.
     smoothed = ema(history, labeled, decay)
     position = np.empty(history.shape[1], int)  # x: the rank of the round-0 score, best first
     position[np.argsort(-history[0], kind="stable")] = np.arange(history.shape[1])
-    score_name = config["record"]["score_name"]
+    score_name = _text(config["record"]["score_name"])
     with xkcd():
         fig, ax = plt.subplots(figsize=(10, 6))
         points = ax.scatter(position, smoothed[0], color="black", s=2)
@@ -176,50 +181,10 @@ def score_evolution_animation(run_dir: Path, out_dir: Path, *, decay: float = 0.
     return path
 
 
-# Settings that differ between repetitions of one experiment, or say where its data lies.
-PER_RUN = {"seed", "data.path", "data.mnist_dir", "data.tfds_data_dir"}
-
-
-def flat_settings(config: dict, prefix: str = "") -> dict:
-    """A config.json's settings as {"loop.acquisition": "bald", ...}, without its record."""
-    flat = {}
-    for key, value in config.items():
-        if key == "record":
-            continue
-        if isinstance(value, dict) and key != "settings":
-            flat.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def group_runs(run_dirs: list[Path]) -> dict[str, list[list[dict]]]:
-    """The metrics of runs grouped by experiment: the same settings but for the seed.
-
-    A group is labeled by its acquisition, plus the settings that tell it apart from other
-    groups with the same acquisition (e.g. "bald (filter_fraction=0.5)").
-    """
-    configs = {Path(d): flat_settings(store.read_config(d)) for d in run_dirs}
-    keys = {d: tuple(sorted((k, json.dumps(v)) for k, v in c.items() if k not in PER_RUN)) for d, c in configs.items()}
-    distinct = sorted(set(keys.values()))
-    labels = {}
-    for key in distinct:
-        settings = dict(key)
-        acquisition = json.loads(settings.get("loop.acquisition", '"?"'))
-        rivals = [
-            dict(other)
-            for other in distinct
-            if other != key and dict(other).get("loop.acquisition") == settings.get("loop.acquisition")
-        ]
-        differing = sorted(
-            {k for other in rivals for k in set(settings) | set(other) if settings.get(k) != other.get(k)}
-        )
-        suffix = ", ".join(f"{k}={json.loads(settings[k]) if k in settings else None}" for k in differing)
-        labels[key] = f"{acquisition} ({suffix})" if suffix else acquisition
-    groups = defaultdict(list)
-    for run_dir in configs:
-        groups[labels[keys[run_dir]]].append(store.read_metrics(run_dir))
-    return dict(groups)
+    """The metrics of runs grouped by experiment (the same settings but for the seed), as `jal.compare.group` does."""
+    groups = compare.group(compare.load_runs(run_dirs))
+    return {_text(label): [store.read_metrics(run.path) for run in runs] for label, runs in groups.items()}
 
 
 def learning_curves(run_dirs: list[Path], path: Path) -> Path:
@@ -290,7 +255,7 @@ def diagnostics_figure(run_dir: Path, path: Path) -> Path | None:
 def filtering_figure(filter_dir: Path, path: Path) -> Path:
     """Test accuracy against the fraction of the pool removed: by lowest score and at random."""
     evaluations = store.read_filtering(filter_dir)
-    estimator = store.read_config(filter_dir)["estimator"]
+    estimator = _text(store.read_config(filter_dir)["estimator"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     full = [e for e in evaluations if e["fraction"] == 0]
     for removal, label in (("lowest", f"lowest {estimator} removed"), ("random", "random samples removed")):
@@ -305,29 +270,55 @@ def filtering_figure(filter_dir: Path, path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> list[Path]:
-    """Every figure for the run (or `jal filter`) directories given; per-directory figures are named after it."""
-    out_dir = Path(out_dir)
-    directories = [Path(d) for d in run_dirs]
+def check_directories(directories: list[Path]) -> None:
+    """Raises a one-line JalError for anything in the directories that would keep their figures from being drawn."""
     names = [d.name for d in directories]
     if len(set(names)) < len(names):
         raise JalError("two directories share a name; their figures would overwrite each other: rename one")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise JalError(f"`out` {out_dir}: cannot create it ({e}); choose a writable place") from e
-    paths = [*informativeness_curve(out_dir), selection_animation(out_dir)]
+    for directory in directories:
+        store.check_directory(directory)
+        if not store.is_filter_dir(directory):
+            store.read_analysis(directory)
+
+
+def write_figures(
+    run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, progress=lambda figure, total: None
+) -> list[Path]:
+    """Every figure for the run (or `jal filter`) directories given; per-directory figures are named after it.
+
+    Every directory is checked before anything is drawn, and the figures are drawn into a
+    temporary folder, then moved into `out_dir`: a failure leaves `out_dir` as it was.
+    `progress(name, total)` is told of each figure before it is drawn.
+    """
+    out_dir, directories = Path(out_dir), [Path(d) for d in run_dirs]
+    check_directories(directories)
+    with outputs.new_folder(out_dir) as folder:
+        drawn = draw_figures(directories, folder, progress=progress)
+    return [out_dir / path.relative_to(folder) for path in drawn]
+
+
+def draw_figures(directories: list[Path], out_dir: Path, *, progress=lambda figure, total: None) -> list[Path]:
+    """Draws every figure of `write_figures` into the folder `out_dir`, for directories `check_directories` passed."""
     run_dirs = [d for d in directories if not store.is_filter_dir(d)]
+    total = 2 + bool(run_dirs) + len(directories) - len(run_dirs) + 2 * len(run_dirs)
+    progress("informativeness curves", total)
+    paths = list(informativeness_curve(out_dir))
+    progress("selection animation", total)
+    paths.append(selection_animation(out_dir))
     if run_dirs:
+        progress("learning curves", total)
         paths.append(learning_curves(run_dirs, out_dir / "learning_curves.png"))
     for filter_dir in (d for d in directories if store.is_filter_dir(d)):
         filter_out = out_dir / filter_dir.name if len(directories) > 1 else out_dir
         filter_out.mkdir(exist_ok=True)
+        progress(f"filtering of {filter_dir.name}", total)
         paths.append(filtering_figure(filter_dir, filter_out / "filtering.png"))
     for run_dir in run_dirs:
         run_out = out_dir / run_dir.name if len(directories) > 1 else out_dir
         run_out.mkdir(exist_ok=True)
+        progress(f"score evolution of {run_dir.name}", total)
         paths.append(score_evolution_animation(run_dir, run_out))
+        progress(f"diagnostics of {run_dir.name}", total)
         diagnostics = diagnostics_figure(run_dir, run_out / "diagnostics.png")
         if diagnostics is not None:
             paths.append(diagnostics)
@@ -335,15 +326,13 @@ def write_figures(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike)
 
 
 def run_label(run_dir: Path, config: dict) -> str:
-    return f"{run_dir.name} ({config['loop']['acquisition']})"
+    return _text(f"{run_dir.name} ({config['loop']['acquisition']})")
 
 
-def _plot_sorted_scores(ax, run_dir: Path, label: str, split: str, color: str) -> None:
+def _plot_sorted_scores(ax, run_dir: Path, rounds: int, label: str, split: str, color: str) -> None:
+    """The first and the last of the `rounds` finished rounds' scores; later rows are rounds still to come."""
     scores = store.read_scores(run_dir, split)
-    finished = np.flatnonzero(~np.isnan(scores).all(axis=1))
-    if len(finished) == 0:
-        return
-    for round_, style in ((finished[0], ":"), (finished[-1], "-")):
+    for round_, style in ((0, ":"), (rounds - 1, "-")):
         # Descending, as the reference's plot_scores draws them.
         ax.plot(-np.sort(-scores[round_]), style, color=color, label=f"{label}, round {round_}")
 
@@ -357,29 +346,29 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path
     out = Path(out)
     if out.suffix.lower() not in {".png", ".svg", ".pdf"}:
         raise JalError(f"`out` {out}: use a .png, .svg or .pdf file name")
+    for run_dir in run_dirs:
+        store.check_run_dir(run_dir)
     runs = [(Path(d), store.read_config(d), store.read_metrics(d)) for d in run_dirs]
     fig, (acc_ax, pool_ax, test_ax) = plt.subplots(1, 3, figsize=(18, 5))
     for run_dir, config, metrics in runs:
         label = run_label(run_dir, config)
         labels, accuracy = [m["num_labeled"] for m in metrics], [m["test_accuracy"] for m in metrics]
         (line,) = acc_ax.plot(labels, accuracy, marker=".", label=label)
-        _plot_sorted_scores(pool_ax, run_dir, label, "pool", line.get_color())
+        _plot_sorted_scores(pool_ax, run_dir, len(metrics), label, "pool", line.get_color())
         if (run_dir / store.TEST_SCORES).exists():
-            _plot_sorted_scores(test_ax, run_dir, label, "test", line.get_color())
+            _plot_sorted_scores(test_ax, run_dir, len(metrics), label, "test", line.get_color())
     acc_ax.set(xlabel="number of labels", ylabel="test accuracy", title="Test accuracy")
     acc_ax.grid(alpha=0.3)
     acc_ax.legend()
-    score_name = runs[0][1]["record"]["score_name"]
+    score_name = _text(runs[0][1]["record"]["score_name"])
     for ax, split in ((pool_ax, "pool"), (test_ax, "test")):
         ax.set(xlabel=f"{split} samples, sorted by score", ylabel=score_name, title=f"Sorted {split} scores")
         if ax.lines:
             ax.legend(fontsize="small")
-    fig.tight_layout()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-    except OSError as e:
-        raise JalError(f"`out` {out}: cannot write the figure ({e}); choose a writable place") from e
+        with outputs.new_file(out) as tmp:
+            fig.tight_layout()
+            fig.savefig(tmp, dpi=120, format=out.suffix[1:].lower())
     finally:
         plt.close(fig)
     return out

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jal.acquire import check_estimator
 from jal.acquire.estimators import ESTIMATORS, accuracy_and_nll
+from jal.checks import check_finite, check_key, check_model, check_sizes, checked_inputs
 from jal.errors import JalError
 from jal.loop import UNLABELED, Data
 from jal.models import Model
@@ -32,11 +34,12 @@ def kept_indices(scores: np.ndarray, fraction: float, *, protected=(), rng: np.r
     samples, which are always kept). Without `rng` the lowest-scoring candidates go (ties:
     the lower index first); with it, a uniformly random set of the same size.
     """
-    if not 0 <= fraction < 1:
-        raise JalError(f"filter fraction {fraction} must be in [0, 1)")
+    _check_fraction("fraction", fraction)
     scores = np.asarray(scores)
+    if scores.ndim != 1 or not np.issubdtype(scores.dtype, np.number):
+        raise JalError(f"`scores` of {scores.dtype} and shape {list(scores.shape)}: pass one number per pool sample")
     candidate = np.ones(len(scores), bool)
-    candidate[np.asarray(protected, int)] = False
+    candidate[_checked_indices("protected", protected, len(scores))] = False
     candidates = np.flatnonzero(candidate)
     num_removed = int(round(fraction * len(candidates)))
     if rng is None:
@@ -46,6 +49,21 @@ def kept_indices(scores: np.ndarray, fraction: float, *, protected=(), rng: np.r
     keep = np.ones(len(scores), bool)
     keep[removed] = False
     return np.flatnonzero(keep)
+
+
+def _check_fraction(name: str, fraction) -> None:
+    if not 0 <= fraction < 1:  # NaN too
+        raise JalError(f"`{name}` {fraction} must be in [0, 1): the share of the pool removed")
+
+
+def _checked_indices(name: str, indices, size: int) -> np.ndarray:
+    """Pool indices as an int array, after refusing what is not one in 0..size-1."""
+    indices = np.asarray(indices)
+    if indices.size == 0:
+        return indices.astype(int).ravel()  # numpy reads `()` and `[]` as floats
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or indices.min() < 0 or indices.max() >= size:
+        raise JalError(f"`{name}` must be a 1-D array of pool indices in 0..{size - 1}")
+    return indices
 
 
 class Evaluation(NamedTuple):
@@ -62,10 +80,20 @@ def fit(key, model: Model, inputs: jax.Array, labels, kept, config: TrainConfig)
     The whole input array stays on the device and only `kept` is read, so any number of
     kept samples up to `config.min_samples_per_epoch` runs the same compiled function.
     """
-    kept = np.asarray(kept)
+    check_key(key)
+    check_model(model)
+    inputs = checked_inputs(inputs, model.input_shape)
+    check_finite(inputs)
     size = inputs.shape[0]
+    kept = _checked_indices("kept", kept, size)
+    if len(kept) == 0:
+        raise JalError("`kept` is empty; a model needs at least one labeled sample to train on")
+    labels = np.asarray(labels)
+    given = labels[kept] if labels.shape == (size,) and labels.dtype.kind in "iu" else None
+    if given is None or given.min() < 0 or given.max() >= model.num_classes:
+        raise JalError(f"`labels` must hold one class in 0..{model.num_classes - 1} per input")
     masked = np.full(size, UNLABELED, np.int32)
-    masked[kept] = np.asarray(labels)[kept]
+    masked[kept] = labels[kept]
     order = np.full(size, UNLABELED, np.int32)
     order[: len(kept)] = kept
     params, _ = train(
@@ -90,8 +118,8 @@ def test_metrics(key, model: Model, params, data: Data, *, mc_samples: int = 32)
 
 def score_all(key, model: Model, params, inputs: jax.Array, estimator: str, *, mc_samples: int = 32) -> np.ndarray:
     """One informativeness score per input [N] under the scoring model `params`."""
-    if estimator not in ESTIMATORS:
-        raise JalError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    check_sizes(mc_samples=mc_samples)
+    check_estimator(estimator, mc_samples)
     return np.asarray(ESTIMATORS[estimator](mc_log_probs(model, params, inputs, key=key, mc_samples=mc_samples)))
 
 
@@ -107,12 +135,25 @@ def filter_curve(
     config: TrainConfig,
     mc_samples: int = 32,
     seed: int = 0,
+    skip: int = 0,
     on_result=lambda evaluation: None,
 ) -> list[Evaluation]:
     """For each fraction: train on what score-based removal keeps, and on what random removal keeps.
 
     Both removals of one fraction train from the same key, so they differ only in the data.
+    The first `skip` evaluations (done before an interruption) are not trained again; their
+    random draws still are, so the others come out as they would have.
     """
+    # Every setting is checked before the first model trains, not at the fraction it breaks.
+    check_key(key)
+    check_sizes(mc_samples=mc_samples)
+    for fraction in fractions:
+        _check_fraction("fractions", fraction)
+    if not len(scores) == len(pool_labels) == data.pool_inputs.shape[0]:
+        raise JalError(
+            f"{len(scores)} `scores` and {len(pool_labels)} `pool_labels` for {data.pool_inputs.shape[0]} pool inputs; "
+            "give one of each per pool input"
+        )
     rng = np.random.default_rng(seed)
     results = []
     for i, fraction in enumerate(fractions):
@@ -121,6 +162,9 @@ def filter_curve(
             if fraction == 0 and removal == "random":
                 continue  # the same (whole) pool as "lowest" at 0
             kept = kept_indices(scores, fraction, protected=protected, rng=rng if removal == "random" else None)
+            if skip:
+                skip -= 1
+                continue
             fit_key, test_key = jax.random.split(fraction_key)
             params = fit(fit_key, model, data.pool_inputs, pool_labels, kept, config)
             accuracy, nll = test_metrics(test_key, model, params, data, mc_samples=mc_samples)

@@ -25,6 +25,8 @@ import numpy as np
 
 from jal import loop
 from jal.acquire import Acquisition
+from jal.checks import check_finite, check_model, check_seed, checked_inputs
+from jal.data.dataset import warn_if_identical
 from jal.errors import JalError
 from jal.models import Model
 
@@ -41,7 +43,7 @@ class ActiveLearner:
 
     Args:
       model: the model (`jal.models`).
-      pool_inputs: [P, *model.input_shape] normalised float32 inputs to choose from.
+      pool_inputs: [P, *model.input_shape] normalised floats to choose from, without NaN or inf.
       test_inputs, test_labels: a labeled test set to report accuracy on, or None (the
         accuracy is then NaN).
       initial_indices, initial_labels: the pool samples labeled before the first query.
@@ -62,6 +64,8 @@ class ActiveLearner:
         config: loop.LoopConfig | None = None,
         seed: int = 0,
     ):
+        check_model(model)
+        check_seed(seed)
         self.config = (config or loop.LoopConfig())._replace(model=model)
         loop.check_config(self.config)
         self.data = _data(model, pool_inputs, test_inputs, test_labels)
@@ -91,7 +95,7 @@ class ActiveLearner:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the learner's state and settings to one .npz file, atomically."""
-        path = Path(path)
+        path = _checked_path(path)
         from jal.config import to_json
 
         settings = {
@@ -123,6 +127,8 @@ class ActiveLearner:
         """A learner saved by `save`, over the same pool; `acquisition` gives back one's own (it is not saved)."""
         from jal.config import from_json
 
+        path = _checked_path(path)
+        check_model(model)
         try:
             with np.load(path, allow_pickle=False) as saved:
                 settings = json.loads(str(saved["settings"]))
@@ -147,13 +153,32 @@ class ActiveLearner:
         return learner
 
 
+def _checked_path(path) -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise JalError(f"`path` {path!r:.40} is not a file path; pass a str or pathlib.Path")
+    return Path(path)
+
+
 def _data(model: Model, pool_inputs, test_inputs, test_labels) -> loop.Data:
-    shape = tuple(model.input_shape)
-    if tuple(np.shape(pool_inputs)[1:]) != shape:
-        raise JalError(f"pool inputs of shape {list(np.shape(pool_inputs)[1:])}; the model takes {list(shape)}")
     if (test_inputs is None) != (test_labels is None):
-        raise JalError("give test inputs and test labels together, or neither")
+        raise JalError("give `test_inputs` and `test_labels` together, or neither")
     if test_inputs is None:
-        test_inputs, test_labels = np.zeros((0, *shape), np.float32), np.zeros(0, np.int32)
-    return loop.Data(jnp.asarray(pool_inputs, jnp.float32), jnp.asarray(test_inputs, jnp.float32),
-                     jnp.asarray(test_labels, jnp.int32))  # fmt: skip
+        test_inputs, test_labels = np.zeros((0, *model.input_shape), np.float32), np.zeros(0, np.int32)
+    pool_inputs = _device_inputs(model, pool_inputs, "pool_inputs")
+    test_inputs = _device_inputs(model, test_inputs, "test_inputs")
+    warn_if_identical(pool_inputs, "`pool_inputs`")
+    return loop.Data(pool_inputs, test_inputs, _checked_labels(test_labels, len(test_inputs), model.num_classes))
+
+
+def _device_inputs(model: Model, inputs, name: str) -> jax.Array:
+    """float32 inputs on the device, checked there (a float64 input beyond float32's range becomes inf)."""
+    inputs = jnp.asarray(checked_inputs(inputs, model.input_shape, name), jnp.float32)
+    check_finite(inputs, name)
+    return inputs
+
+
+def _checked_labels(labels, size: int, num_classes: int) -> jax.Array:
+    labels = np.asarray(labels)
+    if labels.shape != (size,) or labels.dtype.kind not in "iu" or ((labels < 0) | (labels >= num_classes)).any():
+        raise JalError(f"`test_labels` must be {size} classes in 0..{num_classes - 1}, one per test input")
+    return jnp.asarray(labels, jnp.int32)

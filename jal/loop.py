@@ -120,10 +120,11 @@ def check_config(config: LoopConfig) -> None:
         raise JalError(f"`sampling` {config.sampling} does not apply to {entry.name}; use `sampling` topk")
     if not config.temperature >= 0:
         raise JalError(f"`temperature` {config.temperature} must be >= 0")
-    if config.joint_samples < 1 or config.epig_targets < 1:
-        raise JalError("`joint_samples` and `epig_targets` must be at least 1")
-    if config.acquire < 0 or config.mc_samples < 1 or config.chunk_size < 1:
-        raise JalError("`acquire` must be non-negative, `mc_samples` and `chunk_size` at least 1")
+    from jal.checks import check_sizes
+
+    sizes = ("acquire", "mc_samples", "chunk_size", "joint_samples", "epig_targets")
+    check_sizes(**{name: getattr(config, name) for name in sizes})
+    entry.check_mc_samples(config.mc_samples)
 
 
 def _checked(indices, labels, labeled: np.ndarray, num_classes: int | None) -> tuple[jax.Array, jax.Array]:
@@ -273,17 +274,31 @@ def dataset_oracle(pool_labels) -> Oracle:
     return lambda indices: pool_labels[np.asarray(indices)]
 
 
-def check_trained(info: StepInfo) -> StepInfo:
-    """Raises JalError if training diverged: its scores would be meaningless."""
-    if not np.isfinite(np.asarray(info.train_loss)).all():
-        raise JalError(f"training diverged (non-finite loss) at iteration {int(info.iteration)}; lower `learning_rate`")
+class Diverged(JalError):
+    """Training's loss became non-finite or exploded: the round's model and scores would be meaningless."""
+
+
+EXPLODED = 100.0  # x log C: far above any loss a sane training passes through (log C: a uniform guess)
+
+
+def check_trained(info: StepInfo, num_classes: int | None = None) -> StepInfo:
+    """Raises Diverged if training's loss is not finite, or exceeds EXPLODED x log C given `num_classes`."""
+    loss = np.asarray(info.train_loss)
+    round_ = int(info.iteration)
+    if not np.isfinite(loss).all():
+        raise Diverged(f"training diverged in round {round_} (non-finite loss); lower `learning_rate`")
+    if num_classes is not None and loss.size and loss.max() > EXPLODED * np.log(max(num_classes, 2)):
+        raise Diverged(
+            f"training diverged in round {round_} (loss {loss.max():.3g}, above {EXPLODED:g} x log C); "
+            "lower `learning_rate`"
+        )
     return info
 
 
 def step(state: LoopState, data: Data, config: LoopConfig, oracle: Oracle) -> tuple[LoopState, StepInfo]:
     """propose, then label what was proposed with `oracle`."""
     indices, info = propose(state, data, config)
-    check_trained(info)
+    check_trained(info, config.model.num_classes)
     indices = np.asarray(indices)
     return label(state, indices, oracle(indices), num_classes=config.model.num_classes), info
 
@@ -301,5 +316,5 @@ def run(
     for _ in range(iterations):
         state, info = step(state, data, config, oracle)
         callback(info)
-    callback(check_trained(evaluate(state, data, config)))
+    callback(check_trained(evaluate(state, data, config), config.model.num_classes))
     return state

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jal import store
+from jal import outputs, store
 from jal.errors import JalError
-from jal.figures import write_figures
+from jal.figures import check_directories, draw_figures
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
@@ -119,14 +119,13 @@ def _image(path: Path, caption: str) -> str:
     return f'<figure><img alt="{caption}" src="data:{mime};base64,{data}"><figcaption>{caption}</figcaption></figure>'
 
 
-def _runs_table(run_dirs: list[Path]) -> str:
+def runs_rows(run_dirs: list[Path]) -> tuple[list[str], list[list]]:
+    """The table of runs: a header, and one row per run (with a finished round: `store.check_run_dir`)."""
     header = ["run", "model", "acquisition", "K", "labels", "final test accuracy", "final NLL",
               *(f"labels to {t:.0%}" for t in THRESHOLDS), "median s/round"]  # fmt: skip
     rows = []
     for run_dir in run_dirs:
         config, metrics = store.read_config(run_dir), store.read_metrics(run_dir)
-        if not metrics:
-            raise JalError(f"{run_dir}: no finished round to report")
         last = metrics[-1]
         reach = [labels_to_reach(metrics, t) for t in THRESHOLDS]
         seconds = [m["seconds"] for m in metrics[1:]] or [metrics[0]["seconds"]]
@@ -136,69 +135,71 @@ def _runs_table(run_dirs: list[Path]) -> str:
              f"{last['test_accuracy']:.4f}", f"{last['test_nll']:.4f}",
              *("not reached" if n is None else n for n in reach), f"{np.median(seconds):.1f}"]
         )  # fmt: skip
-    return _table(header, rows, "runs")
+    return header, rows
+
+
+def filtering_rows(filter_dir: Path) -> tuple[list[str], list[list]]:
+    """The table of a `jal filter` directory: a header, and one row per evaluation."""
+    rows = [[f"{e['fraction']:.0%}", e["removal"], e["num_kept"], f"{e['test_accuracy']:.4f}", f"{e['test_nll']:.4f}"]
+            for e in store.read_filtering(filter_dir)]  # fmt: skip
+    return ["removed", "by", "kept", "test accuracy", "test NLL"], rows
 
 
 def build_report(directories: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Writes the report of run and `jal filter` directories to `out` (an .html file)."""
+    """Writes the report of run and `jal filter` directories to `out` (an .html file).
+
+    Every directory is checked before anything is drawn, and the page is written whole or
+    not at all (`jal.outputs`).
+    """
     out = Path(out)
     if out.suffix.lower() not in {".html", ".htm"}:
         raise JalError(f"`out` {out}: use an .html file name")
     directories = [Path(d) for d in directories]
-    for directory in directories:
-        if not directory.is_dir():
-            raise JalError(f"{directory}: no such directory; pass jal run or jal filter directories")
+    check_directories(directories)
+    with outputs.new_file(out) as tmp_out:  # its folder is made first: a place that cannot be is refused early
+        try:
+            with tempfile.TemporaryDirectory(prefix="jal-report-") as tmp:
+                page = _page(directories, Path(tmp))
+        except OSError as e:
+            raise JalError(f"cannot draw the figures in a temporary folder ({e}); free space or set TMPDIR") from e
+        tmp_out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _page(directories: list[Path], figures: Path) -> str:
+    """The report's HTML, its figures drawn into the folder `figures` and embedded."""
+    draw_figures(directories, figures)
     run_dirs = [d for d in directories if not store.is_filter_dir(d)]
     filter_dirs = [d for d in directories if store.is_filter_dir(d)]
     many = len(directories) > 1
     parts = ["<h1>jal report</h1>"]
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        write_figures(directories, tmp)
-        if run_dirs:
-            parts += ["<h2>Active learning runs</h2>", _runs_table(run_dirs)]
-            parts.append(_image(tmp / "learning_curves.png", "Test accuracy against labels (mean and range over runs)"))
-        for run_dir in run_dirs:
-            where = tmp / run_dir.name if many else tmp
-            parts.append(f"<h2>{html.escape(run_dir.name)}</h2>")
-            parts.append(_image(where / "score_evolution_ema.gif", f"{run_dir.name}: score evolution (EMA 0.9)"))
-            analysis = store.read_analysis(run_dir)
-            if analysis is not None:
-                try:
-                    header, rows = table_rows(analysis)
-                except (KeyError, IndexError, TypeError) as e:
-                    raise JalError(f"{run_dir}/{store.ANALYSIS}: cannot read ({e}); run jal analyze again") from e
-                parts.append("<h3>Submodularity diagnostics</h3>")
-                parts.append(
-                    f"<p>{analysis['subset_size']} pool samples re-scored {analysis['repeats']} times per round; "
-                    f"a rise (or fall) counts beyond {analysis['z']} noise standard deviations; regret: the share of "
-                    "acquired samples a filter on round-0 scores would have removed (a random filter: the fraction "
-                    "itself); a sibling: a model trained again on the round's labels with other random numbers.</p>"
-                )
-                parts.append(_table(header, rows, f"analysis-{run_dir.name}"))
-                parts.append(_image(where / "diagnostics.png", f"{run_dir.name}: diagnostics"))
-        for filter_dir in filter_dirs:
-            where = tmp / filter_dir.name if many else tmp
-            evaluations = store.read_filtering(filter_dir)
-            parts.append(f"<h2>Data filtering: {html.escape(filter_dir.name)}</h2>")
-            rows = [[f"{e['fraction']:.0%}", e["removal"], e["num_kept"], f"{e['test_accuracy']:.4f}",
-                     f"{e['test_nll']:.4f}"] for e in evaluations]  # fmt: skip
-            header = ["removed", "by", "kept", "test accuracy", "test NLL"]
-            parts.append(_table(header, rows, f"filtering-{filter_dir.name}"))
-            parts.append(_image(where / "filtering.png", f"{filter_dir.name}: test accuracy against fraction removed"))
-        parts.append("<h2>Active learning and data filtering, illustrated</h2>")
-        parts.append(_image(tmp / "active_vs_filtering_xkcd.png", "Where data filtering and active learning act"))
-        parts.append(_image(tmp / "active_selection_animation.gif", "Simulated top-1 active selection"))
-    page = (
+    if run_dirs:
+        parts += ["<h2>Active learning runs</h2>", _table(*runs_rows(run_dirs), "runs")]
+        parts.append(_image(figures / "learning_curves.png", "Test accuracy against labels (mean and range over runs)"))
+    for run_dir in run_dirs:
+        where = figures / run_dir.name if many else figures
+        parts.append(f"<h2>{html.escape(run_dir.name)}</h2>")
+        parts.append(_image(where / "score_evolution_ema.gif", f"{run_dir.name}: score evolution (EMA 0.9)"))
+        analysis = store.read_analysis(run_dir)
+        if analysis is not None:
+            parts.append("<h3>Submodularity diagnostics</h3>")
+            parts.append(
+                f"<p>{analysis['subset_size']} pool samples re-scored {analysis['repeats']} times per round; "
+                f"a rise (or fall) counts beyond {analysis['z']} noise standard deviations; regret: the share of "
+                "acquired samples a filter on round-0 scores would have removed (a random filter: the fraction "
+                "itself); a sibling: a model trained again on the round's labels with other random numbers.</p>"
+            )
+            parts.append(_table(*table_rows(analysis), f"analysis-{run_dir.name}"))
+            parts.append(_image(where / "diagnostics.png", f"{run_dir.name}: diagnostics"))
+    for filter_dir in filter_dirs:
+        where = figures / filter_dir.name if many else figures
+        parts.append(f"<h2>Data filtering: {html.escape(filter_dir.name)}</h2>")
+        parts.append(_table(*filtering_rows(filter_dir), f"filtering-{filter_dir.name}"))
+        parts.append(_image(where / "filtering.png", f"{filter_dir.name}: test accuracy against fraction removed"))
+    parts.append("<h2>Active learning and data filtering, illustrated</h2>")
+    parts.append(_image(figures / "active_vs_filtering_xkcd.png", "Where data filtering and active learning act"))
+    parts.append(_image(figures / "active_selection_animation.gif", "Simulated top-1 active selection"))
+    return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jal report</title>'
         f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
     )
-    tmp_out = out.with_suffix(".tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out.write_text(page)
-        tmp_out.replace(out)
-    except OSError as e:
-        tmp_out.unlink(missing_ok=True)
-        raise JalError(f"`out` {out}: cannot write it ({e}); choose a writable place") from e
-    return out

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jal.acquire import check_estimator
 from jal.acquire.estimators import ESTIMATORS
+from jal.checks import check_finite, check_key, check_model, check_sizes, checked_inputs
 from jal.chunks import from_chunks, map_in_chunks, pad_to_chunks
 from jal.data.normalization import Normalization
 from jal.errors import JalError
 from jal.models import Model, Params
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mc_samples", "chunk_size", "consistent"))
 def mc_log_probs(
     model: Model,
     params: Params,
@@ -40,7 +40,7 @@ def mc_log_probs(
     Args:
       model: the model (`jal.models`).
       params: its parameters.
-      inputs: [N, *model.input_shape] float32, normalised.
+      inputs: [N, *model.input_shape] normalised floats, without NaN or inf.
       key: PRNG key of the dropout draws.
       mc_samples: K.
       chunk_size: inputs per chunk.
@@ -50,7 +50,17 @@ def mc_log_probs(
     Returns:
       [N, K, C] float32 log-probabilities.
     """
-    chex.assert_shape(inputs, (None, *model.input_shape))
+    check_model(model)
+    check_sizes(mc_samples=mc_samples, chunk_size=chunk_size)
+    check_key(key)
+    inputs = checked_inputs(inputs, model.input_shape)
+    check_finite(inputs)
+    settings = dict(mc_samples=mc_samples, chunk_size=chunk_size, offset=offset, consistent=consistent)
+    return _mc_log_probs(model, params, inputs, key=key, **settings)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mc_samples", "chunk_size", "consistent"))
+def _mc_log_probs(model, params, inputs, *, key, mc_samples, chunk_size, offset, consistent):
     chunks = pad_to_chunks(inputs, chunk_size)
 
     def score_chunk(args):
@@ -65,9 +75,17 @@ def mc_log_probs(
     return from_chunks(jax.lax.map(score_chunk, (jnp.arange(chunks.shape[0]), chunks)), inputs.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "chunk_size"))
 def log_probs(model: Model, params: Params, inputs: jax.Array, *, chunk_size: int = 1024) -> jax.Array:
     """log p(y | x) [N, C] with dropout off (eval mode), chunked like `mc_log_probs`."""
+    check_model(model)
+    check_sizes(chunk_size=chunk_size)
+    inputs = checked_inputs(inputs, model.input_shape)
+    check_finite(inputs)
+    return _log_probs(model, params, inputs, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk_size"))
+def _log_probs(model, params, inputs, *, chunk_size):
     return map_in_chunks(lambda chunk: model.log_probs(params, chunk), inputs, chunk_size)
 
 
@@ -75,8 +93,8 @@ def log_probs(model: Model, params: Params, inputs: jax.Array, *, chunk_size: in
 def _score_batch(model, params, inputs, offset, key, normalization, *, estimator, mc_samples, chunk_size):
     if normalization is not None:
         inputs = normalization.apply(inputs)  # raw values: normalised on the device
-    log_probs = mc_log_probs(
-        model, params, inputs, key=key, mc_samples=mc_samples, chunk_size=chunk_size, offset=offset
+    log_probs = _mc_log_probs(
+        model, params, inputs, key=key, mc_samples=mc_samples, chunk_size=chunk_size, offset=offset, consistent=False
     )
     return ESTIMATORS[estimator](log_probs)
 
@@ -104,8 +122,8 @@ def score_pool(
     Args:
       model: the model (`jal.models`).
       params: its parameters.
-      inputs: array-like [N, *model.input_shape]: raw values with `normalization`, else
-        normalised float32.
+      inputs: array-like [N, *model.input_shape]: raw numbers with `normalization`, else
+        normalised floats; NaN and inf are refused.
       key: PRNG key of the dropout draws.
       estimator: one of `jal.acquire.estimators.ESTIMATORS`.
       mc_samples: K.
@@ -116,16 +134,16 @@ def score_pool(
     Returns:
       float32 [N] scores.
     """
-    if estimator not in ESTIMATORS:
-        raise JalError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    check_model(model)
+    check_sizes(mc_samples=mc_samples, chunk_size=chunk_size, batch_size=batch_size)
+    check_estimator(estimator, mc_samples)
+    check_key(key)
+    fix = ", or raw ones with their normalization"
+    inputs = checked_inputs(inputs, model.input_shape, raw=normalization is not None, fix=fix)
     shape, dtype = tuple(inputs.shape[1:]), np.dtype(inputs.dtype)
-    if shape != tuple(model.input_shape):
-        raise JalError(f"inputs of shape {list(shape)}, but the model takes {list(model.input_shape)}")
-    if normalization is None and dtype != np.float32:
-        raise JalError(f"inputs of {dtype}: pass normalised float32 inputs, or raw ones with their normalization")
     n = len(inputs)
     if n == 0:
-        raise JalError("the pool is empty; nothing to score")
+        raise JalError("`inputs`: the pool is empty; nothing to score")
     batch_size = min(batch_size, -(-n // chunk_size) * chunk_size)
     scores = np.empty(n, np.float32)
     score_batch = functools.partial(_score_batch, estimator=estimator, mc_samples=mc_samples, chunk_size=chunk_size)
@@ -136,6 +154,7 @@ def score_pool(
     pending = None
     for start in range(0, n, batch_size):
         batch = np.asarray(inputs[start : start + batch_size])
+        check_finite(batch, offset=start)  # batch by batch: a memmap is read once
         count = len(batch)
         if count < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - count, *shape), dtype)])

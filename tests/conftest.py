@@ -55,6 +55,18 @@ def synthetic_dir(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """scikit-learn's real 8x8 digits (offline) as a jal .npz: 1,400 training and 397 test inputs."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path_factory.mktemp("digits") / "digits.npz"
+    np.savez(path, x_train=x[:1400].astype(np.float32), y_train=y[:1400], x_test=x[1400:].astype(np.float32),
+             y_test=y[1400:])  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST the repository ships."""
     return Path(__file__).resolve().parent.parent / "data" / "mnist"

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jal import store
+from jal import store, workdir
 from jal.errors import JalError
 from jal.loop import StepInfo
 from jal.models.lenet5 import init_params
@@ -31,7 +31,9 @@ def info(iteration, pool=6, test=4):
 def test_writes_as_it_goes_and_reads_back(tmp_path):
     run = tmp_path / "run"
     config = {"loop": {"acquisition": "bald"}, "record": {"initial_indices": [0]}}
-    writer = store.RunWriter(run, config, pool_indices=np.arange(6) * 10, rounds=3, test_size=4, model_size=MODEL_SIZE)
+    writer = store.RunWriter.create(
+        run, config, pool_indices=np.arange(6) * 10, rounds=3, test_size=4, model_size=MODEL_SIZE
+    )
     writer.append(info(0), 1.5)
     writer.append(info(1), 0.5)
     # Mid-run (as after an interruption), finished rounds are on disk and the rest is NaN.
@@ -76,7 +78,8 @@ def test_torn_last_line_is_skipped_but_corruption_is_not(tmp_path):
 def test_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(JalError, match="not an empty folder"):
-        store.RunWriter(tmp_path, {}, pool_indices=np.arange(3), rounds=1, test_size=0, model_size=1)
+        with workdir.writing(tmp_path, fresh=True, leftovers=store.unstarted, committed=lambda: False):
+            pass
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     with pytest.raises(JalError, match="jal run directory"):
         store.read_metrics(tmp_path)

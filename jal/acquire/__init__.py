@@ -23,9 +23,10 @@ from jal.acquire.batchbald import batchbald
 from jal.acquire.epig import epig
 from jal.acquire.estimators import ESTIMATORS, bald
 from jal.acquire.sampling import SAMPLINGS, choose, random_scores, top_k_unlabeled
+from jal.checks import check_sizes
 from jal.errors import JalError
 
-__all__ = ["ACQUISITIONS", "ESTIMATORS", "SAMPLINGS", "Acquisition", "choose", "resolve"]
+__all__ = ["ACQUISITIONS", "ESTIMATORS", "SAMPLINGS", "Acquisition", "check_estimator", "choose", "resolve"]
 
 
 class Acquisition(NamedTuple):
@@ -42,6 +43,8 @@ class Acquisition(NamedTuple):
       uses_targets: `score` reads `targets`: the log-probabilities of `config.epig_targets`
         pool inputs drawn at random each round.
       score_name: what the recorded score is (default: `name`).
+      min_mc_samples: the fewest MC samples K that make `score` mean anything: 2 for a
+        disagreement between the K samples (BALD, EPIG, ...), which one sample makes 0.
     """
 
     name: str
@@ -50,10 +53,19 @@ class Acquisition(NamedTuple):
     consistent: bool = False
     uses_targets: bool = False
     score_name: str | None = None
+    min_mc_samples: int = 1
 
     @property
     def recorded_score(self) -> str:
         return self.score_name or self.name
+
+    def check_mc_samples(self, mc_samples: int) -> None:
+        """Refuses a K that makes every score of this acquisition meaningless."""
+        if mc_samples < self.min_mc_samples:
+            raise JalError(
+                f"`mc_samples` {mc_samples} is too few for {self.name}: it scores disagreement between MC samples, "
+                f"and one sample has none (every score is 0); use at least {self.min_mc_samples}"
+            )
 
 
 def per_input(estimator: Callable[[jax.Array], jax.Array]) -> Callable:
@@ -74,12 +86,21 @@ def _random_select(key, log_probs, scores, labeled, k, config):
 
 
 _bald = per_input(bald)
+# The estimators of disagreement between the K MC samples; predictive entropy and the
+# confidence scores of the mean predictive mean something with one sample.
+_DISAGREEMENT = ("bald", "variation_ratio", "mean_std")
 ACQUISITIONS: dict[str, Acquisition] = {
-    **{name: Acquisition(name, per_input(estimator)) for name, estimator in ESTIMATORS.items()},
-    "epig": Acquisition("epig", _epig_score, consistent=True, uses_targets=True),
+    **{
+        name: Acquisition(name, per_input(estimator), min_mc_samples=2 if name in _DISAGREEMENT else 1)
+        for name, estimator in ESTIMATORS.items()
+    },
+    "epig": Acquisition("epig", _epig_score, consistent=True, uses_targets=True, min_mc_samples=2),
     # BatchBALD chooses the batch itself; its first step is BALD, the score it records.
-    "batchbald": Acquisition("batchbald", _bald, _batchbald_select, consistent=True, score_name="bald"),
-    # Random acquisition records BALD, so its informativeness compares with a BALD run's.
+    "batchbald": Acquisition(
+        "batchbald", _bald, _batchbald_select, consistent=True, score_name="bald", min_mc_samples=2
+    ),
+    # Random acquisition records BALD, so its informativeness compares with a BALD run's;
+    # its choice needs no score, so one sample is enough.
     "random": Acquisition("random", _bald, _random_select, score_name="bald"),
 }
 
@@ -93,8 +114,16 @@ def resolve(acquisition: str | Acquisition) -> Acquisition:
     return ACQUISITIONS[acquisition]
 
 
+def check_estimator(estimator: str, mc_samples: int) -> None:
+    """Refuses an unknown estimator, and a K too few for it (its `ACQUISITIONS` entry's `min_mc_samples`)."""
+    if estimator not in ESTIMATORS:
+        raise JalError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    ACQUISITIONS[estimator].check_mc_samples(mc_samples)
+
+
 def select(acquisition: Acquisition, key, log_probs, scores, labeled, k: int, config) -> jax.Array:
     """k pool indices under `acquisition`: its own selection, else by its scores under the loop's sampling."""
+    check_sizes(k=k)
     if acquisition.select is not None:
         return acquisition.select(key, log_probs, scores, labeled, k, config)
     return choose(key, scores, labeled, k, sampling=config.sampling, temperature=config.temperature)[0]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 from jal.acquire.estimators import expected_entropy
+from jal.checks import check_key, check_sizes
 from jal.chunks import map_in_chunks
 
 
@@ -67,6 +68,8 @@ def sampled_joint_log_probs(
       joint_samples: M, rounded down to a multiple of K (at least K).
       active: [n] bool; inactive inputs are left out of the joint (fixed-shape buffers).
     """
+    check_key(key)
+    check_sizes(joint_samples=joint_samples)
     n, k, _ = log_probs.shape
     per_sample = max(1, joint_samples // k)
     active = jnp.ones(n, bool) if active is None else active
@@ -144,6 +147,9 @@ def batchbald(
       (b larger than the candidates not excluded) give index -1 and score -inf.
     """
     chex.assert_rank(log_probs, 3)
+    # Static settings and the key's type: checked once, while tracing.
+    check_sizes(batch_size=batch_size, joint_samples=joint_samples, chunk_size=chunk_size)
+    check_key(key)
     n_pool, k, num_classes = log_probs.shape
     if excluded is not None:
         chex.assert_shape(excluded, (n_pool,))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jal.acquire.estimators import mean_log_probs
+from jal.checks import check_key, check_sizes
 from jal.chunks import map_in_chunks
 
 
@@ -33,6 +34,7 @@ def epig(log_probs: jax.Array, target_log_probs: jax.Array, *, chunk_size: int =
       [N] scores >= 0; 0 where all K samples agree.
     """
     chex.assert_rank([log_probs, target_log_probs], 3)
+    check_sizes(chunk_size=chunk_size)  # static: checked once, while tracing
     chex.assert_equal_shape_suffix([log_probs, target_log_probs], 2)  # the same K networks, the same C
     num_samples = log_probs.shape[1]
     target_probs = jnp.exp(target_log_probs)  # [T, K, D]
@@ -51,4 +53,6 @@ def epig(log_probs: jax.Array, target_log_probs: jax.Array, *, chunk_size: int =
 
 def sample_targets(key: jax.Array, pool_size: int, num_targets: int) -> jax.Array:
     """[num_targets] pool indices drawn uniformly with replacement: x* ~ the pool's inputs."""
+    check_key(key)
+    check_sizes(pool_size=pool_size, num_targets=num_targets)
     return jax.random.randint(key, (num_targets,), 0, pool_size)

@@ -58,8 +58,10 @@ def variation_ratio(log_probs: jax.Array) -> jax.Array:
     """1 - (votes for the modal class) / K over the K MC argmax predictions [N]."""
     chex.assert_rank(log_probs, 3)  # [N, K, C]
     num_classes = log_probs.shape[-1]
+    num_samples = log_probs.shape[1]
     votes = jax.nn.one_hot(log_probs.argmax(axis=-1), num_classes).sum(axis=1)
-    return 1.0 - votes.max(axis=-1) / log_probs.shape[1]
+    # Exact counts over K: 1 - m / K can round (fused) to -1.5e-8 when all K samples agree.
+    return (num_samples - votes.max(axis=-1)) / num_samples
 
 
 def mean_std(log_probs: jax.Array) -> jax.Array:

@@ -17,6 +17,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jal.checks import check_key, check_sizes
+from jal.errors import JalError
+
 SAMPLINGS = ("topk", "power", "softmax", "softrank")
 
 
@@ -38,6 +41,9 @@ def top_k_unlabeled(scores: jax.Array, labeled: jax.Array, k: int) -> tuple[jax.
     """
     chex.assert_rank(scores, 1)
     chex.assert_equal_shape([scores, labeled])
+    check_sizes(k=k)
+    if k > scores.shape[0]:
+        raise JalError(f"`k` {k} exceeds the pool of {scores.shape[0]}; choose at most that many")
     lowest = jnp.finfo(scores.dtype).min
     masked = jnp.where(labeled, -jnp.inf, jnp.where(jnp.isnan(scores), lowest, scores))
     _, indices = jax.lax.top_k(masked, k)
@@ -46,6 +52,8 @@ def top_k_unlabeled(scores: jax.Array, labeled: jax.Array, k: int) -> tuple[jax.
 
 def random_scores(key: jax.Array, pool_size: int) -> jax.Array:
     """i.i.d. uniform scores: top-k of them is a uniformly random k-subset."""
+    check_key(key)
+    check_sizes(pool_size=pool_size)
     return jax.random.uniform(key, (pool_size,))
 
 
@@ -92,8 +100,13 @@ def choose(
     Returns:
       indices [k] into the pool, and their scores [k].
     """
+    if sampling not in SAMPLINGS:
+        raise JalError(f"unknown `sampling` {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+    if not temperature >= 0:
+        raise JalError(f"`temperature` {temperature} must be >= 0")
     if sampling == "topk" or temperature == 0:
         return top_k_unlabeled(scores, labeled, k)
+    check_key(key)  # only a draw reads it
     log_weights = sampling_log_weights(scores, labeled, sampling, temperature)
     perturbed = log_weights + jax.random.gumbel(key, scores.shape, log_weights.dtype)
     indices, _ = top_k_unlabeled(perturbed, labeled, k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -72,7 +73,30 @@ def checked_splits(arrays: dict, where: dict, num_classes: int | None) -> tuple[
         _check_finite(arrays[key], where[key])
     for key in ("y_train", "y_test"):
         arrays[key] = np.asarray(arrays[key], np.int32)
+    warn_if_identical(arrays["x_train"], where["x_train"])
+    warn_if_one_class(arrays["y_train"], where["y_train"])
     return arrays, num_classes
+
+
+def warn_if_identical(inputs, where: str) -> None:
+    """Warns when every input [N, ...] is the same: no score can tell the samples apart.
+
+    Works on numpy and jax arrays; a block at a time, so any real data stops at the first.
+    """
+    for start in range(0, len(inputs), BLOCK):
+        if not (inputs[start : start + BLOCK] == inputs[:1]).all():
+            return
+    if len(inputs) > 1:
+        warnings.warn(f"{where}: all {len(inputs)} inputs are identical; no score can tell them apart", stacklevel=2)
+
+
+def warn_if_one_class(labels: np.ndarray, where: str) -> None:
+    """Warns when the training labels hold one class: a model trained on them knows no other."""
+    if len(labels) > 1 and labels.min() == labels.max():
+        warnings.warn(
+            f"{where}: every training label is class {labels.min()}; a model trained on them predicts it alone",
+            stacklevel=2,
+        )
 
 
 def _check_finite(x: np.ndarray, where: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import shutil
 import urllib.request
@@ -93,13 +94,16 @@ def parse_idx(raw: bytes, path: Path, *, magic: int) -> np.ndarray:
             f"{path}: magic number {found:#010x}, expected {magic:#010x}; not an MNIST IDX file of this kind"
         )
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_size + int(np.prod(dims))
+    expected = header_size + math.prod(dims)  # exact: numpy's product wraps around at 2**64
     if len(raw) != expected:
         raise JalError(
             f"{path}: {len(raw)} bytes where the header {dims} implies {expected}; "
             "the file is truncated or corrupt, replace it"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+    try:
+        return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+    except ValueError as e:  # an empty array whose other dimensions exceed what numpy can index
+        raise JalError(f"{path}: the header's dimensions {dims} cannot be an array ({e}); replace the file") from e
 
 
 def check_mnist(images: np.ndarray, labels: np.ndarray, what: str) -> None:
