@@ -11,7 +11,7 @@ import pytest
 from jal import store
 from jal.cli import main
 from tests.test_compare import CURVES, write_run
-from tests.test_tracking import tensorboard_events
+from tests.test_tracking import nested, tensorboard_events, wandb_records
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--pool-size", "300", "--model", "mlp", "--hidden-sizes", "32", "--initial", "10", "--iterations", "3",
@@ -123,3 +123,23 @@ def test_jal_compare_prints_the_tables(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("group,runs,seeds")
     assert main(["compare", str(tmp_path / "absent")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_jal_run_logs_every_round_to_wandb_offline(digits, wandb_env, monkeypatch, capsys):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = wandb_env / "run"
+    assert main(["run", "--data", str(digits), *SMALL, "--out", str(run), "--wandb", "jal-test/bald", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    wandb.teardown()  # its service writes the run file out when it stops
+    [run_file] = (wandb_env / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    header = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert (header.project, header.run_group, header.display_name) == ("jal-test", "bald", "run")
+    assert nested(header.config.update)["seed"] == 3
+    history = [nested(r.history.item) for r in records if r.WhichOneof("record_type") == "history"]
+    metrics = store.read_metrics(run)
+    assert [row["labels"] for row in history] == [m["num_labeled"] for m in metrics]
+    assert [row["test/accuracy"] for row in history] == pytest.approx([m["test_accuracy"] for m in metrics])

@@ -91,24 +91,6 @@ def nested(items) -> dict:
     return out
 
 
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    """A W&B that reads no login of this machine, writes under tmp_path, and is torn down afterwards."""
-    wandb = pytest.importorskip("wandb")
-    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_GROUP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
-    for name, folder in (("WANDB_DIR", "wandb"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                         ("WANDB_DATA_DIR", "data")):  # fmt: skip
-        (tmp_path / folder).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / folder))
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    # Quiet, W&B also skips asking the server who is logged in, which without a network takes 10 s.
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield tmp_path
-    wandb.teardown()  # W&B reads its environment once per process: the next test gets a fresh one
-
-
 def test_wandb_offline_logs_every_round(wandb_env, monkeypatch, capfd):
     import wandb
     from PIL import Image
