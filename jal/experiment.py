@@ -154,9 +154,13 @@ def run(
     with workdir.writing(out, fresh=not resume, leftovers=store.unstarted, committed=committed):
         saved = _saved_run(out) if resume else None
         if saved is not None and store.committed_rounds(out) == saved.get("iterations", -1) + 1:
-            # Finished: nothing to do, unless other settings were asked for.
-            _check_reproducible(out, saved, {**to_json(config), "record": saved["record"]}, force=False)
-            on_start(config.iterations + 1, config.iterations + 1)
+            changed = _differences(_settings(saved), json.loads(json.dumps(to_json(config))))
+            if [path for path in changed if not path.startswith(IGNORED)]:
+                raise JalError(
+                    f"{out} is finished, and a finished run's settings cannot change; start a new run from them with "
+                    f"jal run --config {out / store.CONFIG} --out NEW_DIR"
+                )
+            on_start(config.iterations + 1, config.iterations + 1)  # nothing left to do
             return out
         prepared = setup(config)
         saved_config = {**to_json(config), "record": prepared.facts}
@@ -170,9 +174,8 @@ def run(
         else:
             _check_reproducible(out, saved, saved_config, force=force)
             writer = store.RunWriter.reopen(out, pool_size=len(prepared.indices), **sizes)
-            if (
-                json.loads(json.dumps(saved_config)) != saved
-            ):  # --force: the run goes on under the settings given, and says so
+            # With --force the run goes on under the settings given, and says so.
+            if json.loads(json.dumps(saved_config)) != saved:
                 store.write_json(out / store.CONFIG, {**saved_config, "resumed": _resumes(saved, writer.round)})
         history = store.read_metrics(out)[: writer.round]
         stopped = stopping.reason(config.stop, history)
@@ -292,6 +295,11 @@ def _named(path: str) -> str:
     if path.startswith("record."):
         return f"what the settings resolved to ({path})"
     return f"`{path.rsplit('.', 1)[-1]}`"
+
+
+def _settings(saved: dict) -> dict:
+    """A config.json's settings: without what they resolved to and the history of resumes."""
+    return {key: value for key, value in saved.items() if key not in ("record", "resumed")}
 
 
 def _resumes(saved: dict, round_: int) -> list[dict]:
@@ -421,7 +429,7 @@ def analyze_run(run_dir: str | os.PathLike, *, sources: dict | None = None, retr
 
 def _analyze_run(run_dir: Path, sources: dict | None, retrain: bool, options: dict) -> dict:
     saved = store.read_config(run_dir)
-    settings = {k: v for k, v in saved.items() if k not in ("record", "resumed")}
+    settings = _settings(saved)
     config = from_json(RunConfig, settings, f"{run_dir}/{store.CONFIG}")
     data = config.data
     if sources:

@@ -97,6 +97,11 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(digits, tmp_path):
     experiment.run(config, tmp_path / "cut", resume=True, on_start=lambda rounds, done: started.append((rounds, done)))
     assert started[-1] == (4, 4)
     assert {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir()} == before
+    # Its settings cannot change any more, not even with --force: a new run starts from them.
+    for force in (False, True):
+        with pytest.raises(JalError, match=r"is finished, .* jal run --config .*config\.json --out NEW_DIR"):
+            experiment.run(small_config(digits, seed=9), tmp_path / "cut", resume=True, force=force)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir()} == before
 
 
 def test_resume_refuses_other_settings_unless_forced(digits, tmp_path):
