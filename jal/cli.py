@@ -208,9 +208,7 @@ def _add_run(commands) -> None:
 
     defaults = RunConfig()
     run = commands.add_parser("run", help="run an active-learning experiment (defaults: the reference MNIST BALD run)")
-    run.add_argument("--out", help="run directory to create (must not exist or be empty)")
-    run.add_argument("--config", help="start from the settings of this config.json (a run's); flags change them")
-    _add_resume_flags(run, "run")
+    _add_target_flags(run, "run", "run directory")
     _add_data_flags(run, defaults)
     _add_model_flags(run)
     loop = run.add_argument_group("loop")
@@ -314,7 +312,10 @@ def _add_run(commands) -> None:
     tracking.add_argument("--tensorboard", metavar="DIR", help="log every round to TensorBoard (jal[tensorboard])")
 
 
-def _add_resume_flags(parser, what: str) -> None:
+def _add_target_flags(parser, what: str, directory: str) -> None:
+    """--out, --config, --resume and --force: where a run or filter writes, and what it starts from."""
+    parser.add_argument("--out", help=f"{directory} to create (must not exist or be empty)")
+    parser.add_argument("--config", help=f"start from the settings of this config.json (a {what}'s); flags change them")
     parser.add_argument(
         "--resume",
         metavar="DIR",
@@ -348,9 +349,7 @@ def _add_filter(commands) -> None:
         help="offline data filtering: test accuracy after removing the least informative x%% of the pool, "
         "against removing x%% at random",
     )
-    filter_.add_argument("--out", help="result directory to create (must not exist or be empty)")
-    filter_.add_argument("--config", help="start from the settings of this config.json (a filter's); flags change them")
-    _add_resume_flags(filter_, "filter")
+    _add_target_flags(filter_, "filter", "result directory")
     _add_data_flags(filter_, defaults)
     _add_model_flags(filter_)
     options = filter_.add_argument_group("filtering")
