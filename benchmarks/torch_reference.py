@@ -38,12 +38,13 @@ def to_nchw(images: np.ndarray) -> torch.Tensor:
 
 
 def bald_scores(model: TorchLeNet, images: torch.Tensor, num_samples: int = 32, batch_size: int = 1024):
-    """The reference's get_scores: K train-mode passes per batch, then its BALD arithmetic."""
+    """The reference's get_scores: K train-mode passes per batch (moved to the model's device), then its BALD."""
     model.train()
+    device = next(model.parameters()).device
     all_probs = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            data = images[start : start + batch_size]
+            data = images[start : start + batch_size].to(device)
             batch_probs = [F.softmax(model(data), dim=1).unsqueeze(0) for _ in range(num_samples)]
             all_probs.append(torch.cat(batch_probs, dim=0).permute(1, 0, 2))
     probs = torch.cat(all_probs, dim=0)  # [N, K, C]
@@ -54,11 +55,11 @@ def bald_scores(model: TorchLeNet, images: torch.Tensor, num_samples: int = 32, 
     ic_mc = probs * torch.log(probs)
     ic_mc[torch.isnan(ic_mc)] = 0.0
     mean_of_entropy = -ic_mc.sum(dim=2).mean(dim=1)
-    return (entropy_of_mean - mean_of_entropy).numpy(), mean_probs
+    return (entropy_of_mean - mean_of_entropy).cpu().numpy(), mean_probs
 
 
 def train(model: TorchLeNet, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, seed: int = 42) -> None:
-    """The reference's training: a bootstrap of max(10,000, N) draws, batch 64, Adam."""
+    """The reference's training: a bootstrap of max(10,000, N) draws, batch 64 (moved to the model's device), Adam."""
     rng = np.random.default_rng(seed)
     size = max(10_000, len(images))
     indices = rng.choice(len(images), size=size, replace=size > len(images))
@@ -67,8 +68,10 @@ def train(model: TorchLeNet, images: torch.Tensor, labels: torch.Tensor, *, epoc
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=1e-4)
     model.train()
+    device = next(model.parameters()).device
     for _ in range(epochs):
         for data, target in loader:
+            data, target = data.to(device), target.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(model(data), target)
             loss.backward()

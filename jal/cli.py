@@ -39,6 +39,11 @@ FLAGS: dict[str, str] = {
     "subset": "--subset",
     "every": "--every",
     "mnist_dir": "--data-dir",
+    "devices": "--devices",
+    "coordinator": "--coordinator",
+    "num_processes": "--num-processes",
+    "process_id": "--process-id",
+    "timeout": "--distributed-timeout",
 }
 
 
@@ -55,6 +60,11 @@ def _int_at_least(minimum: int, maximum: int | None = None):
         return value
 
     return parse
+
+
+def _auto_or(parse):
+    """`parse`, or the word auto: a setting resolved on the backend it runs on."""
+    return lambda text: text if text == "auto" else parse(text)
 
 
 def _float_above(minimum: float, *, inclusive: bool):
@@ -200,11 +210,21 @@ def _add_training_flags(parser, defaults, prefix: str) -> None:
     _setting(training, "--lr", f"{prefix}learning_rate", defaults, type=_float_above(0, inclusive=False))
     _setting(training, "--weight-decay", f"{prefix}weight_decay", defaults, type=_float_above(0, inclusive=True))
     _setting(training, "--min-samples-per-epoch", f"{prefix}min_samples_per_epoch", defaults, type=_int_at_least(1))
+    _setting(
+        training,
+        "--gradient-groups",
+        f"{prefix}groups",
+        defaults,
+        type=_int_at_least(1),
+        help="cut each batch into this many groups spread over the devices, summed in a fixed order: "
+        "the same model on any number of devices (default 1: the batch whole)",
+    )
 
 
 def _add_run(commands) -> None:
     from jal.acquire import ACQUISITIONS, ESTIMATORS
     from jal.config import RunConfig
+    from jal.store import HISTORY_DTYPES
 
     defaults = RunConfig()
     run = commands.add_parser("run", help="run an active-learning experiment (defaults: the reference MNIST BALD run)")
@@ -233,9 +253,22 @@ def _add_run(commands) -> None:
     )
     _setting(loop, "--acquire", "loop.acquire", defaults, type=_int_at_least(1), help="labels per iteration")
     _setting(loop, "--seed", "seed", defaults, type=_int_at_least(0, MAX_SEED))
+    loop.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="several seeds in one compiled program (vmapped), e.g. 0,1,2,3,4: OUT/seed-S for each, "
+        "each the run --seed S makes alone",
+    )
     mc = run.add_argument_group("scoring")
     _setting(mc, "--mc-samples", "loop.mc_samples", defaults, type=_int_at_least(1), help="K")
-    _setting(mc, "--chunk-size", "loop.chunk_size", defaults, type=_int_at_least(1), help="inputs scored at once")
+    _setting(
+        mc,
+        "--chunk-size",
+        "loop.chunk_size",
+        defaults,
+        type=_auto_or(_int_at_least(1)),
+        help="inputs scored at once; auto: 32 on CPU, 1,024 on GPU and TPU",
+    )
     _setting(
         mc,
         "--sampling",
@@ -286,6 +319,25 @@ def _add_run(commands) -> None:
         const=False,
         help="do not MC-score the test set; evaluate it with one deterministic pass",
     )
+    _setting(
+        mc,
+        "--stream",
+        "stream",
+        None,
+        action="store_const",
+        const=True,
+        help="keep the pool on the host (memory-mapped from a folder of .npy files) and score it batch by batch: "
+        "pools of 10^7 in under 2 GB; not for epig or batchbald",
+    )
+    _setting(
+        mc,
+        "--history-dtype",
+        "history_dtype",
+        defaults,
+        choices=HISTORY_DTYPES,
+        help="dtype of pool_scores.npy, every pool score of every round: float16 halves it on disk (about 3 "
+        "significant digits; 2 GB for 10^7 inputs over 101 rounds)",
+    )
     _add_training_flags(run, defaults, "loop.train.")
     filtering = run.add_argument_group("filtering")
     _setting(
@@ -310,6 +362,43 @@ def _add_run(commands) -> None:
     tracking = run.add_argument_group("tracking (the run directory stays the record; a tracker that fails only warns)")
     tracking.add_argument("--wandb", metavar="PROJECT[/GROUP]", help="log every round to Weights & Biases (jal[wandb])")
     tracking.add_argument("--tensorboard", metavar="DIR", help="log every round to TensorBoard (jal[tensorboard])")
+    _add_launch_flags(run)
+
+
+def _add_launch_flags(parser) -> None:
+    """Where a run computes: devices and processes, which do not change its results (README: Scale out)."""
+    from jal.distributed import Launch
+
+    where = parser.add_argument_group("devices and processes (the same results on any)")
+    where.add_argument(
+        "--devices",
+        type=_int_at_least(1),
+        metavar="N",
+        help="use the first N devices, as many of each process's (default: every device)",
+    )
+    where.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a run of several processes whose settings JAX finds: under SLURM or Open MPI, on a TPU pod "
+        "slice, or from $JAX_COORDINATOR_ADDRESS with the flags below",
+    )
+    where.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="join a run of several processes through process 0 at HOST:PORT"
+    )
+    where.add_argument("--num-processes", type=_int_at_least(1), metavar="N", help="the run's processes")
+    where.add_argument(
+        "--process-id",
+        type=_int_at_least(0),
+        metavar="I",
+        help="this process's number, 0..N-1; process 0 alone writes the run directory",
+    )
+    where.add_argument(
+        "--distributed-timeout",
+        type=_float_above(0, inclusive=False),
+        default=Launch().timeout,
+        metavar="SECONDS",
+        help="how long to wait for every process to join (default: %(default)g)",
+    )
 
 
 def _add_target_flags(parser, what: str, directory: str) -> None:
@@ -370,11 +459,37 @@ def _add_filter(commands) -> None:
     _add_training_flags(filter_, defaults, "train.")
 
 
+def _add_serve(commands) -> None:
+    from jal.acquire import ACQUISITIONS
+    from jal.serve.config import ServeConfig
+
+    defaults = ServeConfig()
+    serve = commands.add_parser("serve", help="a labelling service in the browser: label what the model asks for")
+    serve.add_argument("--out", required=True, metavar="PROJECT_DIR",
+                       help="the project to open, or to make (a folder absent or empty)")  # fmt: skip
+    _add_data_flags(serve, defaults)
+    _add_model_flags(serve)
+    loop = serve.add_argument_group("loop")
+    _setting(loop, "--acquisition", "loop.acquisition", defaults, choices=(*ACQUISITIONS, *SAMPLED_BALD))
+    _setting(loop, "--initial", "initial", defaults, type=_int_at_least(1),
+             help="random samples to label before the first model")  # fmt: skip
+    _setting(loop, "--acquire", "loop.acquire", defaults, type=_int_at_least(1), help="samples proposed per round")
+    _setting(loop, "--mc-samples", "loop.mc_samples", defaults, type=_int_at_least(1), help="K")
+    _setting(loop, "--seed", "seed", defaults, type=_int_at_least(0, MAX_SEED))
+    _add_training_flags(serve, defaults, "loop.train.")
+    server = serve.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    server.add_argument("--port", type=_int_at_least(0, 65535), default=8000, help="default: 8000; 0: any free port")
+    server.add_argument("--token", help="the token every request must present (default: none on loopback; "
+                        "elsewhere one made at start and printed with the URL)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jal", description="Bayesian active learning and data filtering with MC-dropout BALD scores.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_filter(commands)
+    _add_serve(commands)
 
     analyze = commands.add_parser(
         "analyze", help="submodularity diagnostics of a run: score rises beyond MC noise, rank stability, filter regret"
@@ -436,12 +551,22 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    seeds = tuple(_int_at_least(0, MAX_SEED)(part) for part in text.split(","))
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} repeated; give each seed once")
+    return seeds
+
+
 def _accuracies(text: str) -> tuple[float, ...]:
     return tuple(_fraction_up_to_one(part) for part in text.split(","))
 
 
+# The devices and processes a run computes on: its results are the same on any.
+WHERE = ("devices", "distributed", "coordinator", "num_processes", "process_id", "distributed_timeout")
 # Flags that say where, how loudly or to whom, not what is computed.
-NOT_SETTINGS = ("command", "out", "config", "resume", "force", "quiet", "wandb", "tensorboard")
+NOT_SETTINGS = ("command", "out", "config", "resume", "force", "quiet", "wandb", "tensorboard", "seeds", *WHERE)
 
 
 def _given(args) -> dict:
@@ -531,20 +656,25 @@ def run_command(args) -> None:
 
     from tqdm.auto import tqdm
 
-    from jal import store, tracking
+    from jal import distributed, store, tracking
     from jal.config import RunConfig
     from jal.experiment import run
 
     out, resume = _target(args)
     config = _config(RunConfig, args)
-    tracker = tracking.trackers_from(args.wandb, args.tensorboard)
+    mesh = _mesh(args)
+    if args.seeds is not None:
+        return _run_seeds(args, config, out, resume)
+    writes = distributed.is_writer()  # the other processes of a run compute alike, and write and show nothing
+    quiet = args.quiet or not writes
+    tracker = tracking.trackers_from(args.wandb, args.tensorboard) if writes else tracking.trackers_from()
     start = time.perf_counter()
     progress, x_train = None, None
 
     def on_start(rounds: int, finished: int) -> None:
         nonlocal progress, x_train
         progress = tqdm(total=rounds, initial=finished, desc="jal run", unit="round", file=sys.stderr,
-                        disable=args.quiet)  # fmt: skip
+                        disable=quiet)  # fmt: skip
         if finished < rounds and tracker.trackers:
             from jal.data import load_dataset
 
@@ -559,7 +689,7 @@ def run_command(args) -> None:
 
     state = "failed"
     try:
-        run_dir = run(config, out, resume=resume, force=args.force, on_start=on_start, on_round=on_round)
+        run_dir = run(config, out, resume=resume, force=args.force, on_start=on_start, on_round=on_round, mesh=mesh)
         state = "finished"
     except JalError as e:
         state = "interrupted" if str(e).startswith("interrupted") else "failed"
@@ -569,8 +699,51 @@ def run_command(args) -> None:
             progress.close()
         if tracker.trackers:
             tracker.finish(state)
-    if not args.quiet:
+    if not quiet:
         print(f"done: {metrics_summary(run_dir)}, {time.perf_counter() - start:.1f} s; results in {run_dir}")
+
+
+def _mesh(args):
+    """The devices the flags ask for, after joining a run of several processes where they ask for one.
+
+    Joining comes first: JAX must not have started before it.
+    """
+    from jal import distributed, sharding
+
+    launch = distributed.Launch(args.coordinator, args.num_processes, args.process_id, args.distributed_timeout)
+    joins = args.distributed or launch[:3] != (None, None, None)
+    if args.seeds is not None and (joins or args.devices is not None):
+        raise JalError("--seeds runs on one process and all its devices; drop --devices and the flags that join others")
+    if joins:
+        distributed.join(launch)
+    return sharding.data_mesh(sharding.devices(args.devices))
+
+
+def _run_seeds(args, config, out, resume: bool) -> None:
+    """jal run --seeds: the seeds in one program, a run directory for each."""
+    from tqdm.auto import tqdm
+
+    from jal import seeds
+
+    if resume:
+        raise JalError("--seeds starts runs; resume each seed's directory alone with jal run --resume OUT/seed-S")
+    if args.wandb or args.tensorboard or "seed" in _given(args):
+        raise JalError("--seeds runs alone; drop --seed, --wandb and --tensorboard, or run each seed by itself")
+    progress = None
+
+    def on_start(rounds: int, finished: int) -> None:
+        nonlocal progress
+        progress = tqdm(total=rounds, initial=finished, desc="jal run --seeds", unit="round", file=sys.stderr,
+                        disable=args.quiet)  # fmt: skip
+
+    try:
+        dirs = seeds.run(config, args.seeds, out, on_start=on_start, on_round=lambda metrics: progress.update())
+    finally:
+        if progress is not None:
+            progress.close()
+    if not args.quiet:
+        for run_dir in dirs:
+            print(f"{run_dir}: {metrics_summary(run_dir)}")
 
 
 def metrics_summary(run_dir) -> str:
@@ -689,6 +862,18 @@ def compare_command(args) -> None:
         print(f"wrote {args.plot}", file=sys.stderr)
 
 
+def serve_command(args) -> None:
+    from jal.serve import serve
+    from jal.serve.config import ServeConfig
+    from jal.serve.project import saved_config
+
+    # A project reopens with its own settings; flags given must agree with them (checked on opening).
+    server = ("host", "port", "token")
+    settings = {**{k: v for k, v in vars(args).items() if k not in server}, "config": saved_config(args.out)}
+    config = _config(ServeConfig, argparse.Namespace(**settings, resume=None))
+    serve(config, args.out, host=args.host, port=args.port, token=args.token, quiet=args.quiet)
+
+
 COMMANDS = {
     "run": run_command,
     "filter": filter_command,
@@ -697,6 +882,7 @@ COMMANDS = {
     "report": report_command,
     "plot": plot_command,
     "compare": compare_command,
+    "serve": serve_command,
 }
 
 

@@ -13,7 +13,8 @@
   with a one-line JalError.
 * `group(runs) -> {label: [Run, ...]}`: runs with the same settings but for the seed form one
   experiment; what does not tell experiments apart is left out (`PER_RUN`: the seed, where
-  the data lie, "resumed"; and the "record" of what the settings resolved to). A group is
+  the data lie, "resumed", whether the pool was streamed and the dtype its score history
+  was kept in; and the "record" of what the settings resolved to). A group is
   labelled by its acquisition and the other settings that differ between the groups, e.g.
   "bald (filter_fraction=0.5)". `jal figures` groups its learning curves the same way.
 * `compare(runs, at=(0.9, 0.95), pairs=None) -> Comparison`: per group (`Group`), the labels
@@ -68,7 +69,7 @@ RANDOM_FLIPS = 100_000
 SEED = 0  # of the bootstrap and the random sign flips: the same runs give the same numbers
 ACQUISITION = "loop.acquisition"
 # Settings that differ between repetitions of one experiment, or say where its data lie.
-PER_RUN = {"seed", "resumed", "data.path", "data.mnist_dir", "data.tfds_data_dir"}
+PER_RUN = {"seed", "resumed", "data.path", "data.mnist_dir", "data.tfds_data_dir", "stream", "history_dtype"}
 BANDS = {"range": "min to max", "iqr": "interquartile range"}
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 TABLES = ("groups", "tests")

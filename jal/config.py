@@ -57,6 +57,8 @@ class RunConfig:
     filter_fraction: float = 0.0  # first remove this fraction of the pool: the lowest filter_estimator scores
     filter_estimator: str = "bald"
     stop: StopConfig = StopConfig()  # stopping rules: a target accuracy, a label budget, a plateau
+    stream: bool = False  # keep the pool on the host and score it batch by batch (`jal.streamed`): pools beyond memory
+    history_dtype: str = "float32"  # of pool_scores.npy (`jal.store.HISTORY_DTYPES`): float16 halves it on disk
 
 
 @dataclasses.dataclass(frozen=True)

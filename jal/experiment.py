@@ -10,6 +10,7 @@ before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,40 +22,48 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from jal import analysis, loop, resources, stopping, store, workdir
+from jal import analysis, distributed, loop, resources, sharding, stopping, store, streamed, workdir
 from jal.acquire import check_estimator
 from jal.config import FilterConfig, RunConfig, from_json, to_json
 from jal.data import DataConfig, Dataset, load_dataset, make_pool
+from jal.data.host import PoolRows
 from jal.errors import JalError
 from jal.filtering import filter_curve, fit, kept_indices, score_all
 from jal.models import Model
 
 
 class Pool(NamedTuple):
-    """A dataset, the pool drawn from its training split, and the loop's device arrays."""
+    """A dataset, the pool drawn from its training split, and the loop's data."""
 
     dataset: Dataset
     indices: np.ndarray  # [P] into the training split
     labels: np.ndarray  # [P] int32
-    data: loop.Data
+    data: loop.Data | streamed.HostData
 
 
-def load_pool(config: DataConfig) -> Pool:
-    """The dataset `config` names, its pool, normalised onto the device."""
+def load_pool(config: DataConfig, *, stream: bool = False, mesh: Mesh | None = None) -> Pool:
+    """The dataset `config` names and its pool, normalised onto the device, or with `stream` left on the host.
+
+    With `mesh`, the pool's rows are split over its devices, and each process reads and
+    normalises only those its own devices hold (`jal.sharding.spread`).
+    """
     dataset = load_dataset(config)
     indices = make_pool(len(dataset.x_train), config.pool_size, seed=config.pool_seed)
     normalize = dataset.normalization.apply
-    data = loop.Data(
-        jnp.asarray(normalize(dataset.x_train[indices])),
-        jnp.asarray(normalize(dataset.x_test)),
-        jnp.asarray(dataset.y_test),
-    )
+    test = (jnp.asarray(normalize(dataset.x_test)), jnp.asarray(dataset.y_test))
+    if stream:  # read where it lies (a memmap for .npy files), a batch at a time (`jal.streamed`)
+        data = streamed.HostData(PoolRows(dataset.x_train, indices), *test, normalization=dataset.normalization)
+    elif mesh is not None:
+        data = loop.Data(sharding.spread(PoolRows(dataset.x_train, indices), mesh, prepare=normalize), *test)
+    else:
+        data = loop.Data(jnp.asarray(normalize(dataset.x_train[indices])), *test)
     return Pool(dataset, indices, dataset.y_train[indices], data)
 
 
-def record(pool: Pool, model: Model, **facts) -> dict:
-    """What a run's settings resolved to, for config.json's "record"."""
+def record(pool: Pool, model: Model, mesh: Mesh | None = None, **facts) -> dict:
+    """What a run's settings resolved to, for config.json's "record" (`mesh`: the devices, default all)."""
     return {
         "data": pool.dataset.source,
         "input_shape": list(pool.dataset.input_shape),
@@ -62,6 +71,7 @@ def record(pool: Pool, model: Model, **facts) -> dict:
         "pool_size": len(pool.indices),
         "model": model.resolved_settings(),
         **facts,
+        "devices": sharding.describe(sharding.data_mesh() if mesh is None else mesh),  # results do not depend on them
         "backend": jax.default_backend(),
         "versions": store.versions(),
     }
@@ -73,19 +83,26 @@ class Setup(NamedTuple):
     pool: Pool
     loop_config: loop.LoopConfig
     indices: np.ndarray  # [P'] training-split index of each sample of the (filtered) pool
-    data: loop.Data
+    data: loop.Data | streamed.HostData
     oracle: loop.Oracle
     state: loop.LoopState  # before the first round
     facts: dict  # config.json's "record"
 
 
-def setup(config: RunConfig) -> Setup:
-    """Loads the data, checks every setting, draws the initial labels and filters the pool."""
-    pool = load_pool(config.data)
+def setup(config: RunConfig, mesh: Mesh | None = None) -> Setup:
+    """Loads the data, checks every setting, draws the initial labels and filters the pool (split over `mesh`)."""
+    # Filtering reads the whole pool on each process; what it keeps is split over `mesh` after.
+    pool = load_pool(config.data, stream=config.stream, mesh=None if config.filter_fraction > 0 else mesh)
     model = config.model.build(pool.dataset.input_shape, pool.dataset.num_classes)
     loop_config = config.loop._replace(model=model)
     loop.check_config(loop_config)
     stopping.check(config.stop)
+    if config.history_dtype not in store.HISTORY_DTYPES:
+        raise JalError(f"`history_dtype` {config.history_dtype!r}: choose one of {', '.join(store.HISTORY_DTYPES)}")
+    if config.stream:
+        streamed.check_config(loop_config)
+        if config.filter_fraction > 0:
+            raise JalError("`filter_fraction` filters a pool held in memory; run it without `stream`")
     if config.filter_fraction > 0:
         check_estimator(config.filter_estimator, loop_config.mc_samples)
     if (config.initial is None) == (config.initial_per_class is None):
@@ -99,9 +116,12 @@ def setup(config: RunConfig) -> Setup:
         initial, num_initial = loop.initial_indices(len(pool.labels), config.initial, config.seed), config.initial
     loop.check_settings(len(pool.labels), num_initial, loop_config.acquire, config.iterations)
     test_size = len(pool.dataset.x_test)
-    resources.check_fits(resources.loop_needs(loop_config, pool_size=len(pool.labels), test_size=test_size))
+    needs = resources.loop_needs(loop_config, pool_size=len(pool.labels), test_size=test_size, streamed=config.stream)
+    resources.check_fits(needs, streamable=not (config.stream or loop_config.acquisition_entry.needs_pool_log_probs))
 
     indices, labels, data = pool.indices, pool.labels, pool.data
+    if config.stream:  # a training buffer for every label the run will have: nothing recompiles
+        data = data._replace(max_labels=num_initial + loop_config.acquire * config.iterations)
     if config.filter_fraction > 0:
         # Offline filtering first: a model trained on the initial labels scores the pool once,
         # and the lowest-scoring fraction of the unlabeled samples leaves the pool.
@@ -113,17 +133,20 @@ def setup(config: RunConfig) -> Setup:
         kept = kept_indices(scores, config.filter_fraction, protected=initial)
         loop.check_settings(len(kept), len(initial), loop_config.acquire, config.iterations)
         indices, labels = indices[kept], labels[kept]
-        data = data._replace(pool_inputs=data.pool_inputs[kept])
+        kept_inputs = data.pool_inputs[kept]
+        data = data._replace(pool_inputs=kept_inputs if mesh is None else sharding.spread(kept_inputs, mesh))
         initial = np.searchsorted(kept, initial)  # the same samples, renumbered in the kept pool
     oracle = loop.dataset_oracle(labels)
     state = loop.init(jax.random.key(config.seed), len(labels), initial, oracle(initial), num_classes=model.num_classes)
     facts = record(
         pool,
         model,
+        mesh,
         filtered_pool_size=len(indices),
         initial_indices=[int(i) for i in initial],
         score_name=loop_config.score_name,
         consistent_masks=loop_config.consistent_masks,
+        chunk_size=loop_config.scoring_chunk_size,
     )
     return Setup(pool, loop_config, indices, data, oracle, state, facts)
 
@@ -136,6 +159,7 @@ def run(
     force: bool = False,
     on_start: Callable[[int, int], None] = lambda rounds, finished: None,
     on_round: Callable[[dict], None] = lambda metrics: None,
+    mesh: Mesh | None = None,
 ) -> Path:
     """An active-learning experiment: `config.iterations` rounds of train, score, acquire, then a last evaluation.
 
@@ -144,14 +168,24 @@ def run(
     uninterrupted run would, bit for bit (`force`: even where its settings or versions
     differ). Once every input is checked, `on_start` gets the number of rounds and of those
     already finished; `on_round` then sees each new round's metrics.
+
+    The rounds run on `mesh`'s devices (default: every device), with the same results on
+    any. Where several processes run it together (`jal.distributed`), each computes every
+    round and process 0 alone writes `out`; to resume, the others read its finished rounds
+    from `out`, which must then lie where every process sees it.
     """
     out = Path(out)
+    mesh = sharding.data_mesh() if mesh is None else mesh
+    writes = distributed.is_writer()
+    status = store.write_status if writes else lambda *args, **facts: None
     writer, diverged = None, False
 
     def committed() -> bool:  # else a fresh directory goes again: nothing in it is worth keeping
         return writer is not None and (_finished_rounds(out) > 0 or diverged)
 
-    with workdir.writing(out, fresh=not resume, leftovers=store.unstarted, committed=committed):
+    directory = workdir.writing(out, fresh=not resume, leftovers=store.unstarted, committed=committed)
+    # Lockstep outermost: where process 0 cannot take the directory, the others stop too.
+    with distributed.Lockstep() as lockstep, directory if writes else contextlib.nullcontext():
         saved = _saved_run(out) if resume else None
         if saved is not None and store.committed_rounds(out) == saved.get("iterations", -1) + 1:
             changed = _differences(_settings(saved), json.loads(json.dumps(to_json(config))))
@@ -162,40 +196,49 @@ def run(
                 )
             on_start(config.iterations + 1, config.iterations + 1)  # nothing left to do
             return out
-        prepared = setup(config)
+        prepared = setup(config, mesh)
         saved_config = {**to_json(config), "record": prepared.facts}
         rounds = config.iterations + 1
         test_size = len(prepared.pool.dataset.x_test) if prepared.loop_config.score_test else 0
         model = prepared.loop_config.model
         model_size = sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
-        sizes = dict(rounds=rounds, test_size=test_size, model_size=model_size)
+        sizes = dict(rounds=rounds, test_size=test_size, model_size=model_size, history_dtype=config.history_dtype)
         if saved is None:
-            writer = store.RunWriter.create(out, saved_config, pool_indices=prepared.indices, **sizes)
+            writer = (
+                store.RunWriter.create(out, saved_config, pool_indices=prepared.indices, **sizes) if writes else None
+            )
         else:
             _check_reproducible(out, saved, saved_config, force=force)
-            writer = store.RunWriter.reopen(out, pool_size=len(prepared.indices), **sizes)
+            writer = store.RunWriter.reopen(out, pool_size=len(prepared.indices), **sizes) if writes else None
             # With --force the run goes on under the settings given, and says so.
-            if json.loads(json.dumps(saved_config)) != saved:
+            if writes and json.loads(json.dumps(saved_config)) != saved:
                 store.write_json(out / store.CONFIG, {**saved_config, "resumed": _resumes(saved, writer.round)})
-        history = store.read_metrics(out)[: writer.round]
+        lockstep.agree(json.dumps(saved_config, sort_keys=True).encode(), "its settings, data or versions differ "
+                       "from process 0's; start every process with the same flags, data and installation")  # fmt: skip
+        # Process 0 has the directory ready: every process goes on from its last finished round.
+        done = int(lockstep.reached(writer.round if writes else 0)[0])
+        writer = writer if writes else _Follower(done)
+        history = store.read_metrics(out)[:done] if done else []
         stopped = stopping.reason(config.stop, history)
         if stopped is not None:  # a rule had stopped it just before an interruption
             writer.close()
-            store.write_status(out, "finished", rounds=writer.round, stopped=stopped)
+            status(out, "finished", rounds=writer.round, stopped=stopped)
             on_start(writer.round, writer.round)
             return out
         state = prepared.state
         for metrics in history[: config.iterations]:
             acquired = np.asarray(metrics["acquired"], np.int64)
             state = loop.label(state, acquired, prepared.oracle(acquired))
-        store.write_status(out, "running", rounds=writer.round)
+        status(out, "running", rounds=writer.round)
         on_start(rounds, writer.round)
         last = time.perf_counter()
 
         def write(info) -> None:
             nonlocal last
             now = time.perf_counter()
-            history.append(writer.append(info, now - last))
+            history.append(writer.append(distributed.local(info), now - last))
+            # Every process has the round (where writing it failed, all stop here) and chose alike.
+            lockstep.agree(np.asarray(history[-1]["acquired"], np.int64).tobytes(), "it chose other samples")
             on_round(history[-1])
             last = now
             why = stopping.reason(config.stop, history)
@@ -210,34 +253,49 @@ def run(
                 prepared.oracle,
                 iterations=config.iterations - min(writer.round, config.iterations),
                 callback=write,
+                mesh=mesh,
             )
         except _Stopped as e:
             writer.close()
-            store.write_status(out, "finished", rounds=writer.round, stopped=str(e))
+            status(out, "finished", rounds=writer.round, stopped=str(e))
             return out
         except BaseException as e:
             writer.close()  # what a signal cut short between the commit and the count is on disk now
             finished = _finished_rounds(out)
             if isinstance(e, KeyboardInterrupt):
-                store.write_status(out, "interrupted", rounds=finished)
+                status(out, "interrupted", rounds=finished)
                 kept = f"the {finished} finished rounds are in {out}" if finished else "no round had finished"
                 raise JalError(f"interrupted; {kept}; continue with jal run --resume {out}") from None
             if isinstance(e, loop.Diverged):
                 diverged = True  # kept, to show what happened
-                store.write_status(out, "failed", rounds=finished, reason=str(e))
+                status(out, "failed", rounds=finished, reason=str(e))
                 raise JalError(f"{e}; recorded in {out / store.STATUS}") from None
             error = resources.out_of_memory(e)
             if error is None:
                 raise
-            store.write_status(out, "failed", rounds=finished, reason=str(error))
+            status(out, "failed", rounds=finished, reason=str(error))
             raise error from None
         writer.close()
-        store.write_status(out, "finished", rounds=writer.round)
+        status(out, "finished", rounds=writer.round)
     return out
 
 
 class _Stopped(Exception):
     """A stopping rule ended the run (`jal.stopping`): the message says why."""
+
+
+class _Follower:
+    """A process other than process 0's stand-in for its `store.RunWriter`: it counts the rounds and writes nothing."""
+
+    def __init__(self, round_: int):
+        self.round = round_
+
+    def append(self, info, seconds: float) -> dict:
+        self.round += 1
+        return store.metrics_record(info, seconds)
+
+    def close(self) -> None:
+        pass
 
 
 def _finished_rounds(directory: Path, name: str = store.METRICS) -> int:
@@ -264,7 +322,7 @@ def _differences(saved, given, path: str = "") -> list[str]:
 
 
 IGNORED = ("data.path", "data.mnist_dir", "data.tfds_data_dir", "record.data.path", "record.data.origin",
-           "record.versions", "record.backend", "resumed")  # fmt: skip
+           "record.versions", "record.backend", "record.devices", "resumed")  # fmt: skip
 
 
 def _check_reproducible(directory: Path, saved: dict, given: dict, *, force: bool) -> None:

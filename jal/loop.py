@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,17 @@ import numpy as np
 from jal.acquire import SAMPLINGS, Acquisition, resolve, select
 from jal.acquire.epig import sample_targets
 from jal.acquire.estimators import accuracy_and_nll
+from jal.chunks import resolve_chunk_size
 from jal.errors import JalError
 from jal.models import Model
 from jal.models.lenet5 import LeNet5
 from jal.scoring import log_probs, mc_log_probs
+from jal.sharding import replicated
 from jal.train import TrainConfig, epoch_size, train
+from jal.train import check_config as check_train_config
+
+if TYPE_CHECKING:
+    from jal.streamed import HostData
 
 UNLABELED = -1
 
@@ -38,7 +44,7 @@ class LoopConfig(NamedTuple):
     acquisition: str | Acquisition = "bald"  # a name of `jal.acquire.ACQUISITIONS`, or one's own
     acquire: int = 1  # samples labeled per iteration
     mc_samples: int = 32  # K
-    chunk_size: int = 32  # inputs per scoring chunk (measured fastest on CPU: it stays in cache)
+    chunk_size: int | str = "auto"  # inputs per scoring chunk; "auto": 32 on CPU, 1,024 on GPU and TPU (`jal.chunks`)
     score_test: bool = True  # MC-score the test set; else evaluate it with one deterministic pass
     sampling: str = "topk"  # or a stochastic draw from the scores: `jal.acquire.SAMPLINGS`
     temperature: float = 1.0  # of the stochastic draw
@@ -60,6 +66,11 @@ class LoopConfig(NamedTuple):
     def consistent_masks(self) -> bool:
         """Joint quantities over several inputs need the same K networks for all of them."""
         return self.consistent or self.acquisition_entry.consistent
+
+    @property
+    def scoring_chunk_size(self) -> int:
+        """`chunk_size` as it applies on this backend: "auto" resolved (`jal.chunks.default_chunk_size`)."""
+        return resolve_chunk_size(self.chunk_size)
 
 
 class Data(NamedTuple):
@@ -122,9 +133,10 @@ def check_config(config: LoopConfig) -> None:
         raise JalError(f"`temperature` {config.temperature} must be >= 0")
     from jal.checks import check_sizes
 
-    sizes = ("acquire", "mc_samples", "chunk_size", "joint_samples", "epig_targets")
-    check_sizes(**{name: getattr(config, name) for name in sizes})
+    sizes = ("acquire", "mc_samples", "joint_samples", "epig_targets")
+    check_sizes(**{name: getattr(config, name) for name in sizes}, chunk_size=config.scoring_chunk_size)
     entry.check_mc_samples(config.mc_samples)
+    check_train_config(config.train)
 
 
 def _checked(indices, labels, labeled: np.ndarray, num_classes: int | None) -> tuple[jax.Array, jax.Array]:
@@ -169,43 +181,90 @@ def balanced_initial_indices(pool_labels, per_class: int, seed: int, *, num_clas
     return np.sort(np.concatenate(chosen))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "samples_per_epoch"))
-def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_epoch: int):
-    model, entry = config.model, config.acquisition_entry
+def round_keys(state: LoopState, config: LoopConfig) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The round's PRNG keys: training, the pool's dropout, the test set's dropout, the acquisition."""
     key = jax.random.fold_in(state.key, state.iteration)
     train_key, pool_key, test_key, acquire_key = jax.random.split(key, 4)
+    if config.consistent_masks:
+        test_key = pool_key  # the same K networks for the pool and the test set
+    return train_key, pool_key, test_key, acquire_key
+
+
+def _mc(config: LoopConfig, mesh) -> Callable:
+    """`mc(params, inputs, key=...)`: MC log-probabilities [N, K, C] under the round's settings."""
+    return functools.partial(
+        mc_log_probs,
+        config.model,
+        mc_samples=config.mc_samples,
+        chunk_size=config.scoring_chunk_size,
+        consistent=config.consistent_masks,
+        mesh=mesh,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "samples_per_epoch", "mesh"))
+def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_epoch: int, mesh=None):
+    entry = config.acquisition_entry
+    train_key, pool_key, test_key, acquire_key = round_keys(state, config)
     params, train_loss = train(
         train_key,
-        model,
+        config.model,
         data.pool_inputs,
         state.labels,
         state.order,
         state.num_labeled,
         config=config.train,
         samples_per_epoch=samples_per_epoch,
+        mesh=mesh,
     )
-    mc = functools.partial(
-        mc_log_probs,
-        model,
-        mc_samples=config.mc_samples,
-        chunk_size=config.chunk_size,
-        consistent=config.consistent_masks,
-    )
-    if config.consistent_masks:
-        test_key = pool_key  # the same K networks for the pool and the test set
-    pool_log_probs = mc(params, data.pool_inputs, key=pool_key)
+    # The MC forward passes are split over the mesh; the rest reduces over inputs and
+    # runs whole on every device, as on one (`jal.sharding`).
+    pool_log_probs = replicated(_mc(config, mesh)(params, data.pool_inputs, key=pool_key), mesh)
     targets = None
     if entry.uses_targets:
         acquire_key, target_key = jax.random.split(acquire_key)
         targets = pool_log_probs[sample_targets(target_key, pool_log_probs.shape[0], config.epig_targets)]
-    pool_scores = entry.score(pool_log_probs, targets)
+    pool_scores = replicated(entry.score(pool_log_probs, targets), mesh)
+    return finish_round(
+        state,
+        (data.test_inputs, data.test_labels),
+        (params, train_loss),
+        pool_scores,
+        (test_key, acquire_key),
+        config=config,
+        mesh=mesh,
+        pool_log_probs=pool_log_probs,
+        targets=targets,
+    )
+
+
+def finish_round(
+    state: LoopState,
+    test: tuple[jax.Array, jax.Array],
+    trained: tuple,
+    pool_scores: jax.Array,
+    keys: tuple,
+    *,
+    config: LoopConfig,
+    mesh=None,
+    pool_log_probs=None,
+    targets=None,
+) -> tuple[jax.Array, StepInfo]:
+    """A round once its model is trained and its pool scored: the test set's metrics, the choice, the StepInfo.
+
+    Traceable. `test` is (test_inputs, test_labels), `trained` (params, train_loss) and
+    `keys` (test_key, acquire_key) of `round_keys`. `pool_log_probs` is None where the pool was
+    scored batch by batch and none were kept (`jal.streamed`).
+    """
+    entry = config.acquisition_entry
+    (test_inputs, test_labels), (params, train_loss), (test_key, acquire_key) = test, trained, keys
     if config.score_test:
-        test_log_probs = mc(params, data.test_inputs, key=test_key)
-        test_scores = entry.score(test_log_probs, targets)
+        test_log_probs = replicated(_mc(config, mesh)(params, test_inputs, key=test_key), mesh)
+        test_scores = replicated(entry.score(test_log_probs, targets), mesh)
     else:
-        test_log_probs = log_probs(model, params, data.test_inputs)
+        test_log_probs = log_probs(config.model, params, test_inputs)
         test_scores = jnp.zeros((0,), jnp.float32)
-    accuracy, nll = accuracy_and_nll(test_log_probs, data.test_labels)
+    accuracy, nll = accuracy_and_nll(test_log_probs, test_labels)
     acquired = select(entry, acquire_key, pool_log_probs, pool_scores, state.labeled, config.acquire, config)
     info = StepInfo(
         state.iteration,
@@ -222,8 +281,14 @@ def _propose(state: LoopState, data: Data, *, config: LoopConfig, samples_per_ep
     return acquired, info
 
 
-def propose(state: LoopState, data: Data, config: LoopConfig) -> tuple[jax.Array, StepInfo]:
+def propose(state: LoopState, data: Data | HostData, config: LoopConfig, *, mesh=None) -> tuple[jax.Array, StepInfo]:
     """Trains a fresh model on the labeled set, scores pool and test set, chooses samples.
+
+    `data` holds the pool on the device (`Data`), or on the host, where it is read batch
+    by batch (`jal.streamed.HostData`): the same proposal either way.
+
+    With `mesh` (`jal.sharding.data_mesh`), scoring and training's gradient groups are
+    split over its devices; the result is the same, bit for bit, on any mesh.
 
     Returns:
       (indices [config.acquire] into the pool, best first; StepInfo).
@@ -234,19 +299,29 @@ def propose(state: LoopState, data: Data, config: LoopConfig) -> tuple[jax.Array
         raise JalError(
             f"cannot choose {config.acquire} more samples: only {state.labels.shape[0] - num_labeled} are unlabeled"
         )
-    samples = epoch_size(num_labeled, config.train)
-    return _propose(state, data, config=config, samples_per_epoch=samples)
+    return _proposer(data)(state, data, config, mesh=mesh)
 
 
-def evaluate(state: LoopState, data: Data, config: LoopConfig) -> StepInfo:
+def evaluate(state: LoopState, data: Data | HostData, config: LoopConfig, *, mesh=None) -> StepInfo:
     """A last round that trains and scores but acquires nothing.
 
     It runs the same compiled function as `propose` (so nothing recompiles) and drops
     the choice.
     """
-    samples = epoch_size(int(state.num_labeled), config.train)
-    _, info = _propose(state, data, config=config, samples_per_epoch=samples)
+    _, info = _proposer(data)(state, data, config, mesh=mesh)
     return info._replace(acquired=info.acquired[:0], acquired_scores=info.acquired_scores[:0])
+
+
+def _on_device(state: LoopState, data: Data, config: LoopConfig, *, mesh=None) -> tuple[jax.Array, StepInfo]:
+    samples = epoch_size(int(state.num_labeled), config.train)
+    return _propose(state, data, config=config, samples_per_epoch=samples, mesh=mesh)
+
+
+def _proposer(data: Data | HostData) -> Callable:
+    """A round's work where the pool lies: one jitted function on the device, or batch by batch from the host."""
+    from jal import streamed  # it builds on this module
+
+    return streamed.propose if isinstance(data, streamed.HostData) else _on_device
 
 
 @jax.jit
@@ -295,9 +370,9 @@ def check_trained(info: StepInfo, num_classes: int | None = None) -> StepInfo:
     return info
 
 
-def step(state: LoopState, data: Data, config: LoopConfig, oracle: Oracle) -> tuple[LoopState, StepInfo]:
+def step(state: LoopState, data: Data, config: LoopConfig, oracle: Oracle, *, mesh=None) -> tuple[LoopState, StepInfo]:
     """propose, then label what was proposed with `oracle`."""
-    indices, info = propose(state, data, config)
+    indices, info = propose(state, data, config, mesh=mesh)
     check_trained(info, config.model.num_classes)
     indices = np.asarray(indices)
     return label(state, indices, oracle(indices), num_classes=config.model.num_classes), info
@@ -311,10 +386,11 @@ def run(
     *,
     iterations: int,
     callback: Callable[[StepInfo], None] = lambda info: None,
+    mesh=None,
 ) -> LoopState:
     """`iterations` acquisition steps, then one last evaluation; `callback` sees every StepInfo."""
     for _ in range(iterations):
-        state, info = step(state, data, config, oracle)
+        state, info = step(state, data, config, oracle, mesh=mesh)
         callback(info)
-    callback(check_trained(evaluate(state, data, config), config.model.num_classes))
+    callback(check_trained(evaluate(state, data, config, mesh=mesh), config.model.num_classes))
     return state

@@ -22,6 +22,9 @@ import numpy as np
 from jal.errors import JalError
 
 FLOAT = 4  # bytes of a float32
+# Per input of a streamed pool: its score on the host and the device, in the StepInfo and
+# the written row; its label, order and labeled flag; its index (int64, two floats).
+STREAMED_FLOATS = 8
 
 
 def available_bytes() -> int:
@@ -73,18 +76,24 @@ def compiled_bytes_per_input(model, *, mc_samples: int | None) -> int:
     return max(1, (temp_bytes(8) - temp_bytes(1)) // 7)
 
 
-def loop_needs(config, *, pool_size: int, test_size: int) -> dict[str, tuple[int, str]]:
-    """The largest buffers of a run with `jal.loop.LoopConfig` `config`: setting -> (bytes, why)."""
-    model, k = config.model, config.mc_samples
+def loop_needs(config, *, pool_size: int, test_size: int, streamed: bool = False) -> dict[str, tuple[int, str]]:
+    """The largest buffers of a run with `jal.loop.LoopConfig` `config`: setting -> (bytes, why).
+
+    `streamed`: the pool's inputs stay on the host (`jal.streamed`); per pool input, only
+    STREAMED_FLOATS of scores, labels and indices are held.
+    """
+    model, k, chunk = config.model, config.mc_samples, config.scoring_chunk_size
     classes, per_input = model.num_classes, math.prod(model.input_shape)
     activations = FLOAT * activation_floats(model)
     entry = config.acquisition_entry
+    held = test_size if streamed else pool_size + test_size
+    why = f"{held} inputs x ({per_input} floats twice + {k} x {classes} log-probabilities)"
     needs = {
         "pool_size": (
-            FLOAT * (pool_size + test_size) * (2 * per_input + k * classes),
-            f"{pool_size + test_size} inputs x ({per_input} floats twice + {k} x {classes} log-probabilities)",
+            FLOAT * (held * (2 * per_input + k * classes) + streamed * STREAMED_FLOATS * pool_size),
+            why + (f" and {pool_size} x {STREAMED_FLOATS} floats of scores, labels and indices" if streamed else ""),
         ),
-        "chunk_size": (config.chunk_size * k * activations, f"{config.chunk_size} inputs x {k} samples"),
+        "chunk_size": (chunk * k * activations, f"{chunk} inputs x {k} samples"),
         "batch_size": (3 * config.train.batch_size * activations, f"a training batch of {config.train.batch_size}"),
     }
     if entry.uses_targets:  # EPIG: a chunk of 256 pool inputs against every target, C^2 joint each
@@ -99,7 +108,7 @@ def loop_needs(config, *, pool_size: int, test_size: int) -> dict[str, tuple[int
         )
     if sum(size for size, _ in needs.values()) > available_bytes():  # the bound does not fit: ask XLA
         needs["chunk_size"] = (
-            config.chunk_size * compiled_bytes_per_input(model, mc_samples=k),
+            chunk * compiled_bytes_per_input(model, mc_samples=k),
             needs["chunk_size"][1],
         )
         batch = config.train.batch_size
@@ -107,16 +116,21 @@ def loop_needs(config, *, pool_size: int, test_size: int) -> dict[str, tuple[int
     return needs
 
 
-def check_fits(needs: dict[str, tuple[int, str]], available: int | None = None) -> None:
-    """Raises JalError naming the largest setting when the buffers together exceed the memory available."""
+def check_fits(needs: dict[str, tuple[int, str]], available: int | None = None, *, streamable: bool = False) -> None:
+    """Raises JalError naming the largest setting when the buffers together exceed the memory available.
+
+    `streamable`: the run could keep its pool on the host (`jal.streamed`); where the pool
+    is what does not fit, the message says so.
+    """
     available = available_bytes() if available is None else available
     total = sum(size for size, _ in needs.values())
     if total <= available:
         return
     setting, (size, why) = max(needs.items(), key=lambda item: item[1][0])
+    stream = ", or keep the pool on the host with `stream`" if streamable and setting == "pool_size" else ""
     raise JalError(
         f"`{setting}` needs {_gb(size)} of memory ({why}), {_gb(total)} in all, and {_gb(available)} is free; "
-        f"lower `{setting}`"
+        f"lower `{setting}`{stream}"
     )
 
 

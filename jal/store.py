@@ -7,7 +7,8 @@ RUN_DIR/
                      they resolved to: data source, pool, initial labels, backend, versions
   metrics.jsonl      one JSON object per iteration (see `metrics_record`)
   pool_indices.npy   int64 [P]: which training inputs form the pool
-  pool_scores.npy    float32 [R, P]: the score of every pool sample at every round
+  pool_scores.npy    float32 [R, P]: the score of every pool sample at every round (float16
+                     where the run says so: `HISTORY_DTYPES`)
   test_scores.npy    float32 [R, T]: the same for the test set (absent with --skip-test-scores)
   models.npy         float32 [R, D]: each round's trained parameters, flattened
                      (`read_model`), so that its scores can be recomputed, e.g. at another K
@@ -57,6 +58,8 @@ MODELS = "models.npy"
 FILTERING, FILTER_SCORES = "filtering.jsonl", "filter_scores.npy"
 ANALYSIS = "analysis.json"
 STATUS = "status.json"  # how the run ended, or that it runs (`write_status`)
+# pool_scores.npy's dtypes: float16 halves a large pool's history and keeps about 3 significant digits
+HISTORY_DTYPES = ("float32", "float16")
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy")
 
 
@@ -147,29 +150,30 @@ class RunWriter:
     """Appends one round at a time to a run directory.
 
     metrics.jsonl is the commit point: a round is finished once its line is whole on disk.
-    Its scores and model rows are written and flushed before the line, and `reopen` resets
+    Its scores and model rows are written and synced before the line, and `reopen` resets
     every row past the last finished round, so after a kill at any moment the directory
     reads as its finished rounds, and a resumed run writes the same bytes.
     """
 
-    def __init__(self, run_dir: Path, pool_scores, test_scores, models, committed: int):
+    def __init__(self, run_dir: Path, pool_scores: RowFile, test_scores: RowFile | None, models: RowFile,
+                 committed: int):  # fmt: skip
         self.run_dir, self.round = run_dir, committed
         self.pool_scores, self.test_scores, self.models = pool_scores, test_scores, models
         self.metrics = open(run_dir / METRICS, "a")
 
     @classmethod
     def create(cls, run_dir: str | os.PathLike, config: dict, *, pool_indices, rounds: int, test_size: int,
-               model_size: int) -> RunWriter:  # fmt: skip
-        """Writes a new run's files into `run_dir`, config.json last: from then on the run exists."""
+               model_size: int, history_dtype: str = "float32") -> RunWriter:  # fmt: skip
+        """Writes a new run's files into `run_dir`, config.json last: from then on the run exists.
+
+        `history_dtype` is pool_scores.npy's (`HISTORY_DTYPES`); the other arrays are float32.
+        """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         np.save(run_dir / POOL_INDICES, np.asarray(pool_indices))
-
-        def rows(name: str, size: int) -> np.memmap:
-            return np.lib.format.open_memmap(run_dir / name, mode="w+", dtype=np.float32, shape=(rounds, size))
-
-        test_scores = rows(TEST_SCORES, test_size) if test_size else None
-        writer = cls(run_dir, rows(POOL_SCORES, len(pool_indices)), test_scores, rows(MODELS, model_size), 0)
+        pool_scores = RowFile.create(run_dir / POOL_SCORES, (rounds, len(pool_indices)), history_dtype)
+        test_scores = RowFile.create(run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
+        writer = cls(run_dir, pool_scores, test_scores, RowFile.create(run_dir / MODELS, (rounds, model_size)), 0)
         writer.reset_unfinished()
         write_status(run_dir, "running")
         write_json(run_dir / CONFIG, config)
@@ -177,37 +181,38 @@ class RunWriter:
 
     @classmethod
     def reopen(cls, run_dir: str | os.PathLike, *, rounds: int, pool_size: int, test_size: int,
-               model_size: int) -> RunWriter:  # fmt: skip
+               model_size: int, history_dtype: str = "float32") -> RunWriter:  # fmt: skip
         """A run directory's writer after its last finished round; anything past it is cut away."""
         run_dir = Path(run_dir)
         committed = committed_rounds(run_dir)
         if committed > rounds:
             raise JalError(f"{run_dir / METRICS}: {committed} rounds, more than the run's {rounds}; is it corrupt?")
-        pool_scores = _open_rows(run_dir / POOL_SCORES, (rounds, pool_size))
-        test_scores = _open_rows(run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
-        writer = cls(run_dir, pool_scores, test_scores, _open_rows(run_dir / MODELS, (rounds, model_size)), committed)
+        pool_scores = RowFile.reopen(run_dir / POOL_SCORES, (rounds, pool_size), history_dtype)
+        test_scores = RowFile.reopen(run_dir / TEST_SCORES, (rounds, test_size)) if test_size else None
+        models = RowFile.reopen(run_dir / MODELS, (rounds, model_size))
+        writer = cls(run_dir, pool_scores, test_scores, models, committed)
         writer.reset_unfinished()
         return writer
 
-    def _arrays(self) -> list[np.memmap]:
+    def _files(self) -> list[RowFile]:
         return [a for a in (self.pool_scores, self.test_scores, self.models) if a is not None]
 
     def reset_unfinished(self) -> None:
         """NaN in every row from the next round on: nothing a killed round wrote is kept."""
-        for array in self._arrays():
-            array[self.round :] = np.nan
-            array.flush()
+        for rows in self._files():
+            rows.reset_from(self.round)
+            rows.sync()
 
     def append(self, info, seconds: float) -> dict:
         """Writes one round's scores and model, then commits the round with its metrics line; returns the metrics."""
         from jax.flatten_util import ravel_pytree
 
-        self.pool_scores[self.round] = np.asarray(info.pool_scores)
+        self.pool_scores.write(self.round, np.asarray(info.pool_scores))
         if self.test_scores is not None:
-            self.test_scores[self.round] = np.asarray(info.test_scores)
-        self.models[self.round] = np.asarray(ravel_pytree(info.params)[0])
-        for array in self._arrays():
-            array.flush()
+            self.test_scores.write(self.round, np.asarray(info.test_scores))
+        self.models.write(self.round, np.asarray(ravel_pytree(info.params)[0]))
+        for rows in self._files():
+            rows.sync()
         record = metrics_record(info, seconds)
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
@@ -217,6 +222,68 @@ class RunWriter:
 
     def close(self) -> None:
         self.metrics.close()
+        for rows in self._files():
+            rows.close()
+
+
+class RowFile:
+    """A [rounds, N] .npy array of a run written one row at a time through the file.
+
+    Not through a memory map: every page of a mapped row written stays in the process's
+    resident memory, so a pool of 10^7 would add 40 MB each round, and resetting the rows
+    would map the whole file. Written with file writes, the rows go to the page cache, which
+    the kernel writes out and frees, and the process holds one row at a time.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype, offset: int):
+        self.path, self.shape, self.dtype, self.offset = path, shape, np.dtype(dtype), offset
+        self.file = open(path, "r+b")
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple[int, int], dtype="float32") -> RowFile:
+        """A new file of `shape` rows (its contents undefined until written: `reset_from(0)`)."""
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            offset = f.tell()
+            f.truncate(offset + math.prod(shape) * dtype.itemsize)
+        return cls(path, shape, dtype, offset)
+
+    @classmethod
+    def reopen(cls, path: Path, shape: tuple[int, int], dtype="float32") -> RowFile:
+        """The file a run made, after checking it is: of `dtype` and `shape`."""
+        try:
+            array = np.lib.format.open_memmap(path, mode="r")  # maps the file, reads only its header
+        except (OSError, ValueError) as e:
+            raise JalError(f"{path}: cannot open it ({e}); the run cannot resume, start it again") from e
+        if array.shape != shape or array.dtype != np.dtype(dtype):
+            raise JalError(f"{path}: holds {array.dtype} {array.shape}, not {dtype} {shape}; the run cannot resume")
+        return cls(path, shape, dtype, array.offset)
+
+    def write(self, round_: int, row: np.ndarray) -> None:
+        values = np.ascontiguousarray(row, self.dtype)
+        if values.shape != self.shape[1:]:
+            raise ValueError(f"{self.path}: a row of {values.shape}, not {self.shape[1:]}")
+        if np.isinf(values).any() and not np.isinf(row).any():
+            raise JalError(f"{self.path}: a score of {np.abs(row).max():.3g} exceeds {self.dtype}'s range; "
+                           "use `history_dtype` float32")  # fmt: skip
+        self.file.seek(self.offset + round_ * values.nbytes)
+        self.file.write(values.tobytes())
+
+    def reset_from(self, round_: int) -> None:
+        """NaN in the rows from `round_` on."""
+        nan = np.full(self.shape[1], np.nan, self.dtype)
+        for later in range(round_, self.shape[0]):
+            self.write(later, nan)
+
+    def sync(self) -> None:
+        """What was written is on disk (a kill after this keeps it)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def committed_rounds(run_dir: str | os.PathLike, name: str = METRICS) -> int:
@@ -231,17 +298,6 @@ def committed_rounds(run_dir: str | os.PathLike, name: str = METRICS) -> int:
     except OSError as e:
         raise JalError(f"{path}: cannot read ({e.strerror}); it cannot resume, start it again") from e
     return whole.count(b"\n")
-
-
-def _open_rows(path: Path, shape: tuple[int, int]) -> np.memmap:
-    """A run's float32 [rounds, N] array opened for writing, after checking it is the one the run made."""
-    try:
-        array = np.lib.format.open_memmap(path, mode="r+")
-    except (OSError, ValueError) as e:
-        raise JalError(f"{path}: cannot open it ({e}); the run cannot resume, start it again") from e
-    if array.shape != shape or array.dtype != np.float32:
-        raise JalError(f"{path}: holds {array.dtype} {array.shape}, not float32 {shape}; the run cannot resume")
-    return array
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -263,9 +319,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def read_scores(run_dir: str | os.PathLike, split: str = "pool") -> np.ndarray:
-    """Score history [R, N] of the pool or test set (NaN rows: rounds not finished), memory-mapped."""
+    """Score history [R, N] of the pool or test set (NaN rows: rounds not finished), memory-mapped.
+
+    float32, or float16 where the run was told so (`HISTORY_DTYPES`).
+    """
     path = Path(run_dir) / {"pool": POOL_SCORES, "test": TEST_SCORES}[split]
-    return read_npy(path, np.float32, 2, f"the run has no {split} scores or the file is corrupt")
+    return read_npy(path, HISTORY_DTYPES, 2, f"the run has no {split} scores or the file is corrupt")
 
 
 def read_pool_indices(directory: str | os.PathLike) -> np.ndarray:
@@ -283,7 +342,7 @@ def read_history(run_dir: str | os.PathLike) -> tuple[dict, list[dict], np.ndarr
     if not metrics:
         raise JalError(f"{run_dir}: no finished round yet; wait for one")
     run_dir = Path(run_dir)
-    history = np.asarray(_finished(read_scores(run_dir, "pool"), len(metrics), run_dir / POOL_SCORES))
+    history = np.asarray(_finished(read_scores(run_dir, "pool"), len(metrics), run_dir / POOL_SCORES), np.float32)
     pool_size = history.shape[1]
     where = f"{run_dir / CONFIG}: 'record.initial_indices'"
     initial = _pool_indices(config["record"].get("initial_indices"), pool_size, where)
@@ -548,8 +607,10 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
     return records
 
 
-def read_npy(path: Path, dtype: type, ndim: int, fix: str) -> np.ndarray:
-    """The array of a .npy file, memory-mapped: of `dtype` (np.integer: any integers) with `ndim` axes.
+def read_npy(path: Path, dtype: type | tuple[str, ...], ndim: int, fix: str) -> np.ndarray:
+    """The array of a .npy file, memory-mapped: of `dtype` with `ndim` axes.
+
+    `dtype`: np.integer (any integers), one dtype, or a tuple of the dtypes accepted.
 
     Its header is read and checked before any data: nothing is ever unpickled, and a file
     shorter or longer than its header says is refused.
@@ -566,8 +627,9 @@ def read_npy(path: Path, dtype: type, ndim: int, fix: str) -> np.ndarray:
         size = path.stat().st_size
     except NPY_ERRORS as e:
         raise JalError(f"{path}: cannot read ({e}); {fix}") from e
-    if not np.issubdtype(found, dtype) or len(shape) != ndim:
-        wanted = "integers" if dtype is np.integer else np.dtype(dtype).name
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    if not any(np.issubdtype(found, d) for d in dtypes) or len(shape) != ndim:
+        wanted = "integers" if dtype is np.integer else " or ".join(np.dtype(d).name for d in dtypes)
         raise JalError(f"{path}: holds {found} of shape {shape}, not {wanted} with {ndim} axes; {fix}")
     expected = offset + math.prod(shape) * found.itemsize
     if min(shape, default=0) < 0 or size != expected:

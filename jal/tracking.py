@@ -319,7 +319,7 @@ def round_arrays(
     from jal import store
 
     run_dir, round_ = Path(run_dir), metrics["iteration"]
-    pool_scores = np.array(store.read_scores(run_dir, "pool")[round_])
+    pool_scores = np.array(store.read_scores(run_dir, "pool")[round_], np.float32)  # float16 histories too
     test_scores = None
     if (run_dir / store.TEST_SCORES).exists():
         test_scores = np.array(store.read_scores(run_dir, "test")[round_])

@@ -5,6 +5,11 @@ Adam, not AdamW), batch 64, a few epochs over a bootstrap sample of max(10,000, 
 draws from the labeled set, reshuffled each epoch. The whole run is one jitted function:
 epochs and steps under `lax.scan`, array shapes independent of how many samples are
 labeled, so nothing recompiles as the labeled set grows.
+
+With `groups` > 1 each batch is cut into that many fixed groups, each group's gradient
+is computed alone (on its own device where a mesh spreads them) and the groups are
+summed in one fixed order: the trained parameters are the same, bit for bit, on any
+number of devices.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jal.checks import check_sizes
+from jal.errors import JalError
 from jal.models import Model
+from jal.sharding import DATA, is_split, replicated
 
 
 class TrainConfig(NamedTuple):
@@ -26,6 +34,16 @@ class TrainConfig(NamedTuple):
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
     min_samples_per_epoch: int = 10_000
+    groups: int = 1  # gradient groups per batch, spread over the devices; 1: the batch whole on one device
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raises JalError for training settings that cannot be honoured."""
+    check_sizes(batch_size=config.batch_size, groups=config.groups)
+    if config.batch_size % config.groups:
+        raise JalError(
+            f"`batch_size` {config.batch_size} must be a multiple of `groups` {config.groups}; change one of them"
+        )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -60,7 +78,49 @@ def bootstrap(key: jax.Array, order: jax.Array, num_labeled: jax.Array, size: in
     return jnp.where(num_labeled < size, draws, order[:size])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "config", "samples_per_epoch"))
+def grouped_value_and_grad(loss_sum, params, key, inputs, labels, weights, *, groups: int, mesh=None):
+    """(loss, gradient) of sum(loss_sum over groups) / sum(weights), the same bits on any mesh.
+
+    `loss_sum(params, key, inputs, labels, weights)` is one group's weighted loss sum, with
+    its per-sample weighted losses as auxiliary output: the reported loss adds those up
+    once they are gathered, so that it too is the same everywhere.
+    The batch is cut into `groups` equal groups (padded with weight-0 groups to a whole
+    number per device), each differentiated with its own key fold_in(key, g), and the
+    groups' results are added in the order 0, 1, ..., groups - 1 whatever device holds them.
+    """
+    devices = mesh.size if is_split(mesh) else 1
+    padded = -(-groups // devices) * devices
+
+    def cut(x):
+        x = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+        return jnp.pad(x, [(0, padded - groups)] + [(0, 0)] * (x.ndim - 1))
+
+    keys = jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(padded))
+    parts = (keys, cut(inputs), cut(labels), cut(weights))
+
+    def each_group(params, keys, inputs, labels, weights):
+        def one(part):
+            (_, losses), grads = jax.value_and_grad(loss_sum, has_aux=True)(params, *part)
+            return losses, grads
+
+        return jax.lax.map(one, (keys, inputs, labels, weights))
+
+    if is_split(mesh):
+        spec = jax.sharding.PartitionSpec(DATA)
+        each_group = jax.shard_map(
+            each_group, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(),) + (spec,) * 4, out_specs=spec,
+            check_vma=False,  # the native kernels (custom calls) carry no varying-axis types
+        )  # fmt: skip
+    losses, grads = replicated(each_group(params, *parts), mesh)
+
+    def in_order(x):  # x[0] + x[1] + ... + x[groups - 1], added in that order
+        return functools.reduce(jnp.add, [x[g] for g in range(groups)])
+
+    count = jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.sum(losses[:groups]) / count, jax.tree.map(lambda x: in_order(x) / count, grads)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config", "samples_per_epoch", "mesh"))
 def train(
     key: jax.Array,
     model: Model,
@@ -71,6 +131,7 @@ def train(
     *,
     config: TrainConfig,
     samples_per_epoch: int,
+    mesh=None,
 ) -> tuple[dict, jax.Array]:
     """Trains freshly initialised parameters on the labeled part of a pool.
 
@@ -83,6 +144,7 @@ def train(
       num_labeled: scalar int32, at least 1.
       config: hyperparameters.
       samples_per_epoch: `epoch_size(num_labeled, config)`, static.
+      mesh: the devices `config.groups` gradient groups are spread over (`jal.sharding`).
 
     Returns:
       The trained parameters and the mean training loss of each epoch [epochs].
@@ -103,10 +165,18 @@ def train(
     def loss_fn(params, key, batch_inputs, batch_labels, batch_weights):
         return weighted_cross_entropy(model.logits(params, batch_inputs, key), batch_labels, batch_weights)
 
+    def loss_sum(params, key, batch_inputs, batch_labels, batch_weights):
+        losses = optax.softmax_cross_entropy_with_integer_labels(model.logits(params, batch_inputs, key), batch_labels)
+        return jnp.sum(losses * batch_weights), losses * batch_weights
+
     def train_step(carry, step_input):
         params, opt_state = carry
         key, indices, batch_weights = step_input
-        loss, grads = jax.value_and_grad(loss_fn)(params, key, inputs[indices], labels[indices], batch_weights)
+        batch = (key, inputs[indices], labels[indices], batch_weights)
+        if config.groups == 1:
+            loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+        else:
+            loss, grads = grouped_value_and_grad(loss_sum, params, *batch, groups=config.groups, mesh=mesh)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 

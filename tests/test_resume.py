@@ -62,9 +62,9 @@ def test_reopen_cuts_away_what_is_past_the_commit_point(tmp_path):
     )
     writer.append(info(0), 1.0)
     # A kill while round 1 was written: its rows are on disk, its metrics line is torn.
-    writer.pool_scores[1] = 7.0
-    writer.models[1] = 7.0
-    writer.pool_scores.flush()
+    writer.pool_scores.write(1, np.full(6, 7.0))
+    writer.models.write(1, np.full(MODEL_SIZE, 7.0))
+    writer.pool_scores.sync()
     writer.metrics.write('{"iteration": 1, "num_lab')
     writer.close()
     reopened = store.RunWriter.reopen(run, rounds=3, pool_size=6, test_size=4, model_size=MODEL_SIZE)
@@ -139,7 +139,7 @@ def test_a_run_that_fails_before_its_first_round_leaves_nothing(digits, tmp_path
         experiment.run(small_config(digits, chunk_size=10**9), out)
     assert not out.exists()
     # An allocation XLA refuses (the guard bypassed to reach it) is one line too, and leaves nothing.
-    monkeypatch.setattr(resources, "check_fits", lambda needs: None)
+    monkeypatch.setattr(resources, "check_fits", lambda needs, **options: None)
     with pytest.raises(JalError, match=r"out of memory \(RESOURCE_EXHAUSTED"):
         experiment.run(small_config(digits, chunk_size=10**9), out)
     assert not out.exists()

@@ -287,9 +287,9 @@ RUN_DAMAGE = {
     "pool scores too long": (lambda f: {**f, PS: f[PS] + b"\0" * 4}, "pool_scores.npy: .* bytes where its header"),
     "pool scores float64": (
         edit_array(PS, lambda a: a.astype(np.float64)),
-        "holds float64 of shape \\(4, 10\\), not float32 with 2 axes",
+        "holds float64 of shape \\(4, 10\\), not float32 or float16 with 2 axes",
     ),
-    "pool scores one axis": (edit_array(PS, lambda a: a.ravel()), "not float32 with 2 axes"),
+    "pool scores one axis": (edit_array(PS, lambda a: a.ravel()), "not float32 or float16 with 2 axes"),
     "pool scores another pool": (edit_array(PS, lambda a: a[:, :9]), "shape \\(4, 9\\) where config.json implies"),
     "pool scores other rounds": (edit_array(PS, lambda a: a[:3]), "shape \\(3, 10\\) where config.json implies"),
     "pool scores finished round NaN": (edit_array(PS, nan_row(1)), "pool_scores.npy: round 1 finished but holds"),

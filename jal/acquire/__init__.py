@@ -45,6 +45,9 @@ class Acquisition(NamedTuple):
       score_name: what the recorded score is (default: `name`).
       min_mc_samples: the fewest MC samples K that make `score` mean anything: 2 for a
         disagreement between the K samples (BALD, EPIG, ...), which one sample makes 0.
+      select_reads_log_probs: `select` reads `log_probs`; False: it may be given None, so
+        it works on a pool scored batch by batch that keeps no log-probabilities
+        (`jal.streamed`).
     """
 
     name: str
@@ -54,10 +57,16 @@ class Acquisition(NamedTuple):
     uses_targets: bool = False
     score_name: str | None = None
     min_mc_samples: int = 1
+    select_reads_log_probs: bool = True
 
     @property
     def recorded_score(self) -> str:
         return self.score_name or self.name
+
+    @property
+    def needs_pool_log_probs(self) -> bool:
+        """Whether a round must keep the pool's log-probabilities [P, K, C] (for targets or for `select`)."""
+        return self.uses_targets or (self.select is not None and self.select_reads_log_probs)
 
     def check_mc_samples(self, mc_samples: int) -> None:
         """Refuses a K that makes every score of this acquisition meaningless."""
@@ -101,7 +110,7 @@ ACQUISITIONS: dict[str, Acquisition] = {
     ),
     # Random acquisition records BALD, so its informativeness compares with a BALD run's;
     # its choice needs no score, so one sample is enough.
-    "random": Acquisition("random", _bald, _random_select, score_name="bald"),
+    "random": Acquisition("random", _bald, _random_select, score_name="bald", select_reads_log_probs=False),
 }
 
 

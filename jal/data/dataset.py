@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jal.data.host import release
 from jal.data.normalization import BLOCK, Normalization
 from jal.errors import JalError
 
@@ -104,6 +105,7 @@ def _check_finite(x: np.ndarray, where: str) -> None:
         return
     for start in range(0, len(x), BLOCK):  # a memmap is read a block at a time
         block = np.asarray(x[start : start + BLOCK])
+        release(x)
         if not np.isfinite(block).all():
             index = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
             raise JalError(f"{where}: input {index} holds NaN or inf; remove or repair it")

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jal.data.host import release
+
 BLOCK = 65_536  # inputs read at a time when computing statistics: a memmap is never read whole
 
 
@@ -34,13 +36,15 @@ def from_training(x_train) -> Normalization:
     """Mean and standard deviation of every channel or feature over the training inputs [N, ..., F].
 
     Bytes are first scaled to [0, 1]. A constant feature gets std 1, so that it maps to 0
-    rather than dividing by zero. Read in blocks and accumulated in float64.
+    rather than dividing by zero. Read in blocks and accumulated in float64; a memmap's pages
+    are released block by block (`jal.data.host`).
     """
     scale = 255.0 if np.dtype(x_train.dtype) == np.uint8 else 1.0
     features = x_train.shape[-1]
     total, total_sq, count = np.zeros(features), np.zeros(features), 0
     for start in range(0, len(x_train), BLOCK):
         block = np.asarray(x_train[start : start + BLOCK], np.float64).reshape(-1, features) / scale
+        release(x_train)  # a memmap's pages: one block resident at a time
         total += block.sum(axis=0)
         total_sq += np.square(block).sum(axis=0)
         count += len(block)
