@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -47,6 +49,21 @@ def write_idx_dir(directory: Path, arrays, *, gzipped: bool = True) -> Path:
         else:
             (directory / name).write_bytes(data)
     return directory
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Frees each module's compiled programs when the module ends.
+
+    XLA's CPU backend maps about three memory regions for every executable it keeps. The suite
+    compiles tens of thousands of distinct programs in one process; kept all together they
+    reach the kernel's limit of 65,530 mappings (vm.max_map_count), and the next compilation
+    dies with a segmentation fault. A run of jal compiles a fixed set of programs, so this
+    concerns only a process that, like the suite, compiles without end.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
