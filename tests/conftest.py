@@ -92,7 +92,7 @@ def mnist_dir() -> Path:
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch):
     """A W&B that reads no login of this machine, writes under tmp_path, and is torn down afterwards."""
-    wandb = pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb", reason="wandb is not installed (pip install 'jal[wandb]')")
     for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_RUN_GROUP"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc

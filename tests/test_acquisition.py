@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jal.acquire.sampling import SAMPLINGS, choose, random_scores, sampling_log_weights, top_k_unlabeled
+from jal.errors import JalError
 
 
 def test_top_k_takes_best_unlabeled_with_stable_ties():
@@ -110,6 +111,7 @@ def test_stochastic_batches_are_distinct_unlabeled_samples_even_for_zero_and_nan
         assert np.isfinite(np.asarray(sampling_log_weights(scores, labeled, sampling, 1e-3))).all()
 
 
+@pytest.mark.slow
 class ChooseUnderJitAndWithout(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_choose_is_the_same_function_traced_or_not(self):
@@ -122,3 +124,49 @@ class ChooseUnderJitAndWithout(chex.TestCase):
             np.testing.assert_array_equal(indices, want, err_msg=sampling)
             np.testing.assert_allclose(chosen, scores[indices])
             assert not np.asarray(labeled)[np.asarray(indices)].any()
+
+
+def test_top_k_checks_its_arguments_and_may_take_the_whole_pool():
+    scores, labeled = jnp.array([0.3, 0.1, 0.2]), jnp.zeros(3, bool)
+    np.testing.assert_array_equal(top_k_unlabeled(scores, labeled, 3)[0], [0, 2, 1])  # k = P is allowed
+    with pytest.raises(JalError, match="exceeds the pool of 3"):
+        top_k_unlabeled(scores, labeled, 4)
+    with pytest.raises(JalError, match="`k`"):
+        top_k_unlabeled(scores, labeled, 0)
+    with pytest.raises(AssertionError, match="rank"):
+        top_k_unlabeled(scores[None], labeled[None], 1)
+    with pytest.raises(AssertionError, match="shape"):
+        top_k_unlabeled(scores, jnp.zeros(4, bool), 1)
+
+
+def test_the_default_temperature_is_one():
+    for sampling in SAMPLINGS[1:]:
+        key = jax.random.key(3)
+        np.testing.assert_array_equal(
+            choose(key, SCORES, LABELED, 4, sampling=sampling)[0],
+            choose(key, SCORES, LABELED, 4, sampling=sampling, temperature=1.0)[0],
+        )
+
+
+def test_softmax_keeps_the_order_of_scores_near_the_float_range():
+    """The weights are taken relative to the highest score, so no weight overflows to a tie."""
+    scores, labeled = jnp.array([1e38, 3e38, 2e38], jnp.float32), jnp.zeros(3, bool)
+    for seed in range(50):
+        assert int(choose(jax.random.key(seed), scores, labeled, 1, sampling="softmax")[0][0]) == 1
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS[1:])
+def test_the_coldest_temperature_a_float_holds_still_draws_the_ranking(sampling):
+    """Log-weights clip at a quarter of the float range: room for the Gumbel noise, and the order kept."""
+    scores, labeled = jnp.array([0.2, 0.5, 1.0, 0.1]), jnp.zeros(4, bool)
+    for seed in range(20):
+        indices, _ = choose(jax.random.key(seed), scores, labeled, 2, sampling=sampling, temperature=1e-38)
+        np.testing.assert_array_equal(indices, [2, 1])
+
+
+def test_softrank_breaks_ties_by_pool_position_on_every_backend():
+    """Ranks come from a sort asked to be stable: XLA may reorder equal keys of an unstable sort."""
+    jaxpr = str(jax.make_jaxpr(lambda s, m: sampling_log_weights(s, m, "softrank", 1.0))(SCORES, LABELED))
+    assert "is_stable=True" in jaxpr and "is_stable=False" not in jaxpr
+    tied = sampling_log_weights(jnp.array([0.5, 0.5, 0.5]), jnp.zeros(3, bool), "softrank", 1.0)
+    assert np.all(np.diff(np.asarray(tied)) < 0)  # first of equals ranks first

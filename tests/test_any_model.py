@@ -7,13 +7,15 @@ import pytest
 
 from jal.cli import main
 
+pytestmark = pytest.mark.slow  # every test here trains through whole `jal run`s
+
 TRAIN = ["--epochs", "2", "--min-samples-per-epoch", "256", "--mc-samples", "8", "--chunk-size", "64"]
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """scikit-learn's 1,797 real 8x8 digits as 64-dim feature vectors, split 1,297 / 500."""
-    datasets = pytest.importorskip("sklearn.datasets")
+    datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn is not installed (pip install 'jal[test]')")
     x, y = datasets.load_digits(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(x))
     train, test = order[:1297], order[1297:]

@@ -1,5 +1,6 @@
 """Every guard of the Python API: a bad argument gets a one-line JalError naming it, degenerate data a warning."""
 
+import os
 import warnings
 
 import jax
@@ -11,6 +12,7 @@ from jal import loop
 from jal.acquire import ACQUISITIONS, Acquisition, select
 from jal.acquire.batchbald import batchbald, sampled_joint_log_probs
 from jal.acquire.epig import epig, sample_targets
+from jal.acquire.estimators import ESTIMATORS
 from jal.acquire.sampling import choose, random_scores, top_k_unlabeled
 from jal.data.dataset import checked_splits
 from jal.errors import JalError
@@ -160,10 +162,11 @@ def test_one_mc_sample_is_refused_by_score_pool_and_filtering(params):
             score_all(KEY, MODEL, params, INPUTS, estimator, mc_samples=1)
     assert score_pool(MODEL, params, INPUTS, key=KEY, estimator="entropy", mc_samples=1).shape == (10,)
     assert score_all(KEY, MODEL, params, INPUTS, "margin", mc_samples=1).shape == (10,)
-    with refused("mc_samples"):
+    with pytest.raises(JalError, match="`mc_samples` 0 must be a whole number of at least 1"):  # not "too few"
         score_all(KEY, MODEL, params, INPUTS, "entropy", mc_samples=0)
 
 
+@pytest.mark.slow
 def test_analysis_refuses_one_mc_sample_before_any_sibling_trains(tmp_path, monkeypatch, capsys):
     from jal import analysis
     from jal.cli import main
@@ -188,7 +191,42 @@ def test_check_config_refuses_sizes_by_name(name, value):
         loop.check_config(CONFIG._replace(**{name: value}))
 
 
+def test_check_config_refuses_training_settings_before_any_work():
+    with pytest.raises(JalError, match="`batch_size` 10 must be a multiple of `groups` 3"):
+        loop.check_config(CONFIG._replace(train=TrainConfig(batch_size=10, groups=3)))
+    with refused("groups"):
+        loop.check_config(CONFIG._replace(train=TrainConfig(groups=0)))
+    with pytest.raises(JalError, match="multiple of `groups`"):  # the learner refuses it when built
+        learner(config=CONFIG._replace(train=TrainConfig(batch_size=10, groups=3)))
+
+
 # Acquisitions.
+
+
+@pytest.mark.parametrize("name", [*ESTIMATORS, "batchbald"])
+def test_every_score_and_batch_refuses_log_probs_without_the_k_axis(name):
+    """[N, C] where [N, K, C] belongs (one forward pass, not K) is refused, not scored as N inputs of C samples."""
+    one_pass = jax.nn.log_softmax(jax.random.normal(KEY, (5, 3)))
+    score = ESTIMATORS.get(name) or (lambda lp: batchbald(lp, 2, key=KEY))
+    with pytest.raises(AssertionError, match="rank"):
+        score(one_pass)
+
+
+def test_the_registry_names_each_acquisition_by_its_key():
+    assert all(entry.name == name for name, entry in ACQUISITIONS.items())
+
+
+def test_which_acquisitions_keep_the_pools_log_probabilities():
+    """Only the choices that read [P, K, C] keep it; a streamed pool, which never holds it, takes the others."""
+    from jal import streamed
+
+    needs = {name: entry.needs_pool_log_probs for name, entry in ACQUISITIONS.items()}
+    assert needs == {**dict.fromkeys(ESTIMATORS, False), "epig": True, "batchbald": True, "random": False}
+    for name in ("bald", "random"):
+        streamed.check_config(CONFIG._replace(acquisition=name))
+    for name in ("batchbald", "epig"):
+        with pytest.raises(JalError, match="a streamed pool does not keep"):
+            streamed.check_config(CONFIG._replace(acquisition=name))
 
 
 def test_acquisition_sizes_keys_and_settings():
@@ -275,6 +313,20 @@ def test_filter_curve_checks_every_fraction_before_training():
         filter_curve(KEY, MODEL, data, LABELS, np.linspace(0, 1, 9), fractions=(0.0,), **run)
     with refused("mc_samples"):
         filter_curve(KEY, MODEL, data, LABELS, np.linspace(0, 1, 10), **{**run, "mc_samples": 0})
+    with refused("key"):
+        filter_curve(7, MODEL, data, LABELS, np.linspace(0, 1, 10), **run)
+    assert not trained
+
+
+def test_filter_curve_refuses_zero_mc_samples_before_any_model_trains(monkeypatch):
+    from jal import filtering
+
+    fits = []
+    monkeypatch.setattr(filtering, "fit", lambda *args, **kwargs: fits.append(args))
+    data = loop.Data(jnp.asarray(INPUTS), jnp.asarray(INPUTS), jnp.asarray(LABELS))
+    with refused("mc_samples"):
+        filter_curve(KEY, MODEL, data, LABELS, np.linspace(0, 1, 10), config=TRAIN, mc_samples=0)
+    assert not fits  # refused up front, not when the first trained model is evaluated
 
 
 # The learner.
@@ -349,3 +401,11 @@ def test_identical_inputs_and_one_training_class_are_warned_of():
     with pytest.warns(UserWarning, match="`pool_inputs`: all 10 inputs are identical") as pool:
         learner(np.zeros((10, 4), np.float32))
     assert all("\n" not in str(w.message) for w in [*record, *more, *pool])
+    # A warning points at the check that found it, as any warning of a library should.
+    assert record[0].filename.endswith(os.path.join("jal", "data", "dataset.py"))
+    assert pool[0].filename.endswith(os.path.join("jal", "learner.py"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learner(
+            np.zeros((1, 4), np.float32), initial_indices=[0], initial_labels=[0]
+        )  # one input: nothing to tell apart

@@ -32,12 +32,14 @@ def brute_force_joint_entropy(log_probs):
     return entropy
 
 
+@pytest.mark.slow
 def test_exact_joint_entropy_equals_enumeration():
     for seed, (n, k, c) in enumerate([(1, 4, 3), (2, 5, 4), (3, 6, 3), (4, 3, 2)]):
         log_probs = random_log_probs(seed, n, k, c)
         np.testing.assert_allclose(joint_entropy(log_probs), brute_force_joint_entropy(log_probs), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sampled_joint_entropy_approaches_the_exact_one():
     log_probs = random_log_probs(7, 4, 20, 10, sharpness=1.0)  # 10^4 configurations
     exact = float(joint_entropy(log_probs))
@@ -58,6 +60,7 @@ def test_batch_of_one_is_top_bald_among_candidates():
     np.testing.assert_allclose(scores[0], scores_bald.max(), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("joint_samples", [4**4, 20])  # 4 classes: sampled from the 6th or the 4th step on
 def test_joint_mi_never_exceeds_the_sum_of_bald_and_never_repeats(joint_samples):
     log_probs = random_log_probs(2, 200, 20, 4)
@@ -73,6 +76,7 @@ def test_joint_mi_never_exceeds_the_sum_of_bald_and_never_repeats(joint_samples)
     np.testing.assert_allclose(scores[:exact], expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_duplicates_are_never_chosen_twice_and_add_no_information():
     # Four networks. A splits them {0,1} | {2,3}; B splits {0,2} | {1,3}, slightly softer.
     # A copy of A tells nothing once A's label is known; B still does.
@@ -96,9 +100,12 @@ def test_exact_step_count():
     assert num_exact_steps(10, 10, 9_999) == 4
 
 
+@pytest.mark.slow
 def test_same_indices_as_batchbald_redux_in_exact_mode():
-    torch = pytest.importorskip("torch")
-    redux = pytest.importorskip("batchbald_redux.batchbald")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (JAL_WITH_TORCH=1 bin/test installs it)")
+    redux = pytest.importorskip(
+        "batchbald_redux.batchbald", reason="batchbald_redux is not installed (JAL_WITH_TORCH=1 bin/test installs it)"
+    )
     log_probs = random_log_probs(3, 500, 10, 10)
     theirs = redux.get_batchbald_batch(torch.from_numpy(np.array(log_probs)), 4, 1000, dtype=torch.double)
     ours, scores = batchbald(log_probs, 4, key=jax.random.key(0), joint_samples=1000)

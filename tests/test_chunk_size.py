@@ -21,6 +21,7 @@ def test_auto_is_32_on_the_cpu_and_1024_on_accelerators(monkeypatch):
         assert loop.LoopConfig(chunk_size=64).scoring_chunk_size == 64
 
 
+@pytest.mark.slow
 def test_auto_scores_as_32_does_on_the_cpu():
     model = build_model("mlp", (6,), 3, hidden_sizes=(8,))
     params = model.init(jax.random.key(0))

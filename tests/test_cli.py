@@ -13,6 +13,7 @@ SMALL = ["--pool-size", "100", "--initial", "10", "--acquire", "5", "--iteration
          "--epochs", "1", "--min-samples-per-epoch", "64", "--chunk-size", "64"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["run", "--data-dir", str(synthetic_dir), "--out", str(out), *SMALL]) == 0
@@ -92,6 +93,7 @@ def test_run_then_plot_end_to_end(synthetic_dir, tmp_path, capsys, monkeypatch):
     assert page.count("<tr>") == 1 + 2 + 1 + 3  # runs table: header + 2; analysis: header + K=4, 64, recorded
 
 
+@pytest.mark.slow
 def test_run_on_real_mnist_with_no_source_named(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("JAL_CACHE_DIR", str(tmp_path / "cache"))  # an empty download cache
     monkeypatch.delenv("JAL_MNIST_DIR", raising=False)

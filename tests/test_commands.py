@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +29,26 @@ def test_python_m_jal_and_version():
     assert result.returncode == 2 and "RUN_DIR" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def quiet_run(digits, tmp_path_factory) -> tuple[Path, str, str]:
+    """One `jal run --quiet` of SMALL, shared by the tests that start from it: its directory, its stdout and stderr."""
+    run = tmp_path_factory.mktemp("quiet") / "run"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["run", "--data", str(digits), *SMALL, "--out", str(run), "--quiet"])
+    assert code == 0, err.getvalue()
+    return run, out.getvalue(), err.getvalue()
+
+
+def copy_of(quiet_run, tmp_path: Path) -> Path:
+    """A test's own copy of the shared run, for the commands that write into it (jal analyze)."""
+    return Path(shutil.copytree(quiet_run[0], tmp_path / "run"))
+
+
 @pytest.mark.slow
-def test_quiet_prints_nothing_and_loud_prints_progress(digits, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["run", "--data", str(digits), *SMALL, "--out", str(run), "--quiet"]) == 0
-    assert capsys.readouterr() == ("", "")
+def test_quiet_prints_nothing_and_loud_prints_progress(quiet_run, digits, tmp_path, capsys):
+    run = copy_of(quiet_run, tmp_path)
+    assert quiet_run[1:] == ("", "")
     assert main(["run", "--data", str(digits), *SMALL, "--seed", "4", "--out", str(tmp_path / "loud")]) == 0
     out, err = capsys.readouterr()
     assert "jal run" in err and out.startswith("done: 4 rounds")
@@ -56,10 +74,8 @@ def test_quiet_prints_nothing_and_loud_prints_progress(digits, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_filter_analyze_and_figures_show_progress(digits, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["run", "--data", str(digits), *SMALL, "--out", str(run), "--quiet"]) == 0
-    capsys.readouterr()
+def test_filter_analyze_and_figures_show_progress(quiet_run, digits, tmp_path, capsys):
+    run = copy_of(quiet_run, tmp_path)
     assert main(["analyze", str(run), "--mc-samples", "4", "--subset", "20", "--no-retrain"]) == 0
     assert "jal analyze" in capsys.readouterr().err
     assert main(["figures", str(run), "--out", str(tmp_path / "figures")]) == 0

@@ -42,6 +42,7 @@ def run_files(run_dir):
     return metrics, arrays
 
 
+@pytest.mark.slow
 def test_config_replays_a_run_and_flags_vary_it(synthetic_dir, tmp_path, capsys):
     first, replay, varied = tmp_path / "first", tmp_path / "replay", tmp_path / "varied"
     assert (

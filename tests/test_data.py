@@ -89,7 +89,9 @@ def test_missing_folder_and_file(tmp_path, synthetic_dir):
 
 
 def test_tfds_by_name_under_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = pytest.importorskip(
+        "tensorflow_datasets", reason="tensorflow-datasets is not installed (pip install 'jal[tfds]')"
+    )
     with tfds.testing.mock_data(num_examples=12):
         dataset = load_dataset(DataConfig(tfds="mnist"))
         fashion = load_dataset(DataConfig(tfds="fashion_mnist"))

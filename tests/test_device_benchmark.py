@@ -6,7 +6,10 @@ import time
 
 import pytest
 
-pytest.importorskip("torch")
+pytest.importorskip(
+    "torch",
+    reason="PyTorch is not installed (JAL_WITH_TORCH=1 bin/test installs it): the benchmark compares against it",
+)
 
 from benchmarks import device  # noqa: E402  (needs torch)
 

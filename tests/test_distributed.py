@@ -18,6 +18,7 @@ import pytest
 
 from jal import store
 
+pytestmark = pytest.mark.slow  # every test starts `jal run` processes
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--model", "mlp", "--mc-samples", "4", "--epochs", "1", "--min-samples-per-epoch", "256",
          "--iterations", "2", "--acquire", "3", "--quiet"]  # fmt: skip
@@ -82,7 +83,6 @@ def alone(digits, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_two_processes_write_what_one_writes_and_only_process_0_writes(digits, alone, tmp_path):
     out, elsewhere = tmp_path / "run", tmp_path / "process-1"
     two_processes(["--data", str(digits), *SMALL], ["--out", str(out)], ["--out", str(elsewhere)])
@@ -91,7 +91,6 @@ def test_two_processes_write_what_one_writes_and_only_process_0_writes(digits, a
     assert not elsewhere.exists()  # process 1 computed every round, and wrote nothing
 
 
-@pytest.mark.slow
 def test_two_processes_resume_a_run_from_its_finished_rounds(alone, tmp_path):
     interrupted = tmp_path / "run"
     shutil.copytree(alone, interrupted)

@@ -12,6 +12,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +88,7 @@ def check_bounds(name, values, shape):
     assert (values >= low - TOL).all() and (values <= high + TOL).all(), (name, values, (low, high))
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(log_probs())
 def test_scores_are_finite_and_within_bounds(lp):
@@ -115,6 +117,7 @@ def test_scores_ignore_the_order_of_samples(lp, random):
         np.testing.assert_allclose(after[name], before[name], rtol=1e-5, atol=TOL, err_msg=name)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(log_probs(repeat_samples=True))
 def test_identical_samples_carry_no_information(lp):

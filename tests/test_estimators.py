@@ -38,6 +38,7 @@ def test_hand_computed_values():
     np.testing.assert_allclose(est.mean_std(lp), [np.std([0.9, 0.5, 0.7])], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bald_is_zero_when_samples_agree_and_entropy_of_uniform_is_log_c():
     p = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (20, 1, 10)))
     agree = jnp.repeat(p, 8, axis=1)
@@ -82,6 +83,7 @@ def test_accuracy_and_nll_from_mean_probabilities():
     assert float(accuracy) == 1.0
 
 
+@pytest.mark.slow
 class EstimatorsUnderJitAndWithout(chex.TestCase):
     """Every estimator is a pure function: the same values traced under jit and run eagerly."""
 

@@ -261,6 +261,7 @@ def folder():
         yield Path(tmp)
 
 
+@pytest.mark.slow
 @fuzz
 @given(data=st.data())
 def test_run_directory_readers(folder, data):
@@ -271,6 +272,7 @@ def test_run_directory_readers(folder, data):
         only_jal_errors(folder / "run", lambda d: runs_rows([d]), analysis_table)
 
 
+@pytest.mark.slow
 @fuzz
 @given(data=st.data())
 def test_filter_directory_readers(folder, data):
@@ -304,6 +306,7 @@ def idx_header(draw, valid: bytes) -> bytes:
     return magic + dims + valid[4 + 4 * valid[3] :][: draw(st.integers(0, 3000))]
 
 
+@pytest.mark.slow
 @fuzz
 @given(data=st.data())
 def test_idx_readers(folder, data):

@@ -30,6 +30,7 @@ def make(blobs, **kwargs):
                          config=kwargs.pop("config", CONFIG), **kwargs)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_query_teach_and_the_same_next_query_after_save_and_load(blobs, tmp_path):
     pool, labels, test, test_labels = blobs
     learner = make(blobs, seed=3)
@@ -57,6 +58,7 @@ def test_query_teach_and_the_same_next_query_after_save_and_load(blobs, tmp_path
         learner.teach([int(np.flatnonzero(~learner.labeled)[0])], [3])
 
 
+@pytest.mark.slow
 def test_ones_own_acquisition_and_no_test_set(blobs, tmp_path):
     pool = blobs[0]
 

@@ -41,6 +41,7 @@ def run_steps(problem, config, steps, seed=0):
     return state, infos
 
 
+@pytest.mark.slow
 def test_loop_invariants(problem):
     state, infos = run_steps(problem, CONFIG, 4)
     for before, info in infos:
@@ -68,6 +69,7 @@ def test_loop_invariants(problem):
     assert (np.asarray(state.labels)[~labeled] == loop.UNLABELED).all()
 
 
+@pytest.mark.slow
 def test_no_recompilation_as_the_labeled_set_grows(problem):
     data, oracle = problem
     config = CONFIG._replace(mc_samples=3)  # a configuration no other test compiles
@@ -89,6 +91,7 @@ def test_same_seed_same_acquisitions(problem):
     assert not np.array_equal(other[0][1].pool_scores, first[0][1].pool_scores)
 
 
+@pytest.mark.slow
 def test_random_acquisition_records_bald_and_skipping_test_scores(problem):
     config = CONFIG._replace(acquisition="random", score_test=False)
     state, infos = run_steps(problem, config, 2)
@@ -100,6 +103,7 @@ def test_random_acquisition_records_bald_and_skipping_test_scores(problem):
     assert set(top.tolist()) != set(np.asarray(info.acquired).tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes",
     [
@@ -182,6 +186,7 @@ def test_run_calls_back_every_round_and_checks_settings(problem):
         loop.check_config(loop.LoopConfig(acquisition="magic"))
 
 
+@pytest.mark.slow
 def test_an_acquisition_defined_here_alone_works_from_the_loop(problem):
     data, oracle = problem
     calls = []
@@ -210,6 +215,7 @@ def test_an_acquisition_defined_here_alone_works_from_the_loop(problem):
         loop.check_config(config._replace(sampling="power"))
 
 
+@pytest.mark.slow
 def test_the_loop_runs_any_model_on_any_inputs():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 6)) * 6

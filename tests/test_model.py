@@ -19,6 +19,7 @@ def images():
     return jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
 
 
+@pytest.mark.slow
 def test_parameter_count(params):
     assert model.count_params(params) == 184_586
 
@@ -35,6 +36,7 @@ def test_init_is_pytorch_default(params):
                 np.testing.assert_allclose(leaf.std(), bound / np.sqrt(3), rtol=0.1, err_msg=layer)
 
 
+@pytest.mark.slow
 def test_im2col_and_xla_convs_agree(params, images):
     masks = sample_masks(jax.random.key(2), (images.shape[0],))
     labels = jnp.arange(images.shape[0]) % 10
@@ -50,6 +52,7 @@ def test_im2col_and_xla_convs_agree(params, images):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_channel_major_layout_is_the_same_function_with_the_same_gradients(params, images):
     masks = sample_masks(jax.random.key(5), (images.shape[0],))
     labels = jnp.arange(images.shape[0]) % 10
@@ -66,6 +69,7 @@ def test_channel_major_layout_is_the_same_function_with_the_same_gradients(param
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
     x = jax.random.normal(jax.random.key(6), (3, 8, 6))
     weights = jax.random.normal(jax.random.key(7), (3, 4, 3))
@@ -96,6 +100,7 @@ def test_im2col_with_same_padding_equals_xla():
     np.testing.assert_allclose(convs.im2col_conv(x, kernel, (1, 1), "SAME"), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_models_by_name_with_their_settings():
     assert default_settings("mlp") == {"hidden_sizes": (128, 128), "dropout_rate": 0.5}
     mlp = build_model("mlp", (7, 3), 4, hidden_sizes=(9,))
@@ -153,7 +158,7 @@ def test_dropout2d_drops_a_channel_everywhere(params, images):
 
 
 def test_torch_weights_port_both_ways(params, images):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (JAL_WITH_TORCH=1 bin/test installs it)")
     from benchmarks.torch_reference import TorchLeNet
 
     torch.manual_seed(0)

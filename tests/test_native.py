@@ -45,6 +45,7 @@ def native_and_xla(params, z, masks):
     return native(z, kernel, bias, masks.conv1, masks.conv2, rate=DROPOUT_RATE), conv2_block_xla(z, kernel, bias, masks)
 
 
+@pytest.mark.slow
 @needs_kernel
 @pytest.mark.parametrize("num_inputs", [1, 7])  # one input: no helper thread; seven: shared out unevenly
 @pytest.mark.parametrize("num_samples", [1, 5, 16, 20, 40])
@@ -59,6 +60,7 @@ def test_native_conv2_block_equals_xla_ops_under_identical_masks(params, num_inp
     assert bool(jnp.all(native[dropped] == 0)) and bool(jnp.any(native[~dropped] != 0))
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_native_conv2_block_with_every_conv1_channel_kept_or_dropped(params):
     z = jax.nn.relu(jax.random.normal(jax.random.key(3), (2, 32, 12, 12)))
@@ -72,6 +74,7 @@ def test_native_conv2_block_with_every_conv1_channel_kept_or_dropped(params):
     np.testing.assert_array_equal(native[1], jnp.broadcast_to(2 * jnp.repeat(jax.nn.relu(bias), 16), (2, 1024)))
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_native_forward_equals_direct_forward_under_identical_masks(params):
     images = jax.random.normal(jax.random.key(3), (9, 28, 28, 1))
@@ -83,6 +86,7 @@ def test_native_forward_equals_direct_forward_under_identical_masks(params):
         assert float(jnp.linalg.norm(direct - got) / jnp.linalg.norm(direct)) <= 1e-5
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_chunked_scoring_is_the_same_with_and_without_the_kernel(params):
     images = jax.random.normal(jax.random.key(5), (37, 28, 28, 1))
@@ -116,6 +120,7 @@ def relative_error(got, want):
     return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
 
+@pytest.mark.slow
 @needs_kernel
 @pytest.mark.parametrize("num_inputs", [1, 7, 64])  # fewer inputs than blocks of the weight gradient, and more
 def test_native_masked_conv2_and_its_gradients_equal_xla_ops(params, num_inputs):
@@ -134,6 +139,7 @@ def test_native_masked_conv2_and_its_gradients_equal_xla_ops(params, num_inputs)
     assert bool(jnp.all(z_grad[(masks.conv1 == 0).T] == 0)) and bool(jnp.any(z_grad != 0))
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_native_masked_conv2_with_every_channel_kept_or_dropped_and_any_mask_scale(params):
     z = jax.nn.relu(jax.random.normal(jax.random.key(10), (32, 3, 12, 12)))
@@ -151,6 +157,7 @@ def test_native_masked_conv2_with_every_channel_kept_or_dropped_and_any_mask_sca
     assert bool(jnp.all(values[1:] == 0)) and bool(jnp.all(z_grad[:, 1:] == 0))
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_training_logits_and_gradients_are_the_same_with_the_native_conv2(params):
     images = jax.random.normal(jax.random.key(12), (16, 28, 28, 1))
@@ -193,6 +200,7 @@ def test_without_a_working_compiler_the_scorer_falls_back_to_xla_ops(monkeypatch
     assert jal.native.available.__wrapped__() is False
 
 
+@pytest.mark.slow
 def test_a_failed_build_is_reported_and_not_retried(monkeypatch, tmp_path):
     calls = tmp_path / "calls"
     fake = tmp_path / "fake-c++"

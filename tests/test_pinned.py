@@ -37,6 +37,7 @@ def mnist_problem(mnist_dir):
     return data, dataset.y_train[pool]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RUNS)
 def test_a_seeded_lenet_run_is_what_it_was(mnist_problem, name):
     data, pool_labels = mnist_problem

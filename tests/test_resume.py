@@ -34,6 +34,14 @@ def small_config(digits: Path, *, seed: int = 3, learning_rate: float = 5e-4, **
     )
 
 
+@pytest.fixture(scope="module")
+def whole(digits, tmp_path_factory) -> Path:
+    """The uninterrupted run of `small_config`, which the interrupted ones are compared with (read, never written)."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    experiment.run(small_config(digits), out)
+    return out
+
+
 def same_run(a: Path, b: Path) -> None:
     """Every .npy bit for bit, every metrics line but its seconds."""
     for name in ARRAYS:
@@ -80,9 +88,8 @@ def test_reopen_cuts_away_what_is_past_the_commit_point(tmp_path):
         store.RunWriter.reopen(run, rounds=3, pool_size=5, test_size=4, model_size=MODEL_SIZE)
 
 
-def test_an_interrupted_run_resumes_to_the_same_bytes(digits, tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_bytes(digits, whole, tmp_path):
     config = small_config(digits)
-    experiment.run(config, tmp_path / "whole")
     with pytest.raises(JalError, match=r"interrupted; the 2 finished rounds are in .*jal run --resume"):
         experiment.run(config, tmp_path / "cut", on_round=interrupt_after(2))
     assert store.read_status(tmp_path / "cut") | {"time": None} == {"state": "interrupted", "rounds": 2, "time": None}
@@ -90,7 +97,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(digits, tmp_path):
     started = []
     experiment.run(config, tmp_path / "cut", resume=True, on_start=lambda rounds, done: started.append((rounds, done)))
     assert started == [(4, 2)]
-    same_run(tmp_path / "whole", tmp_path / "cut")
+    same_run(whole, tmp_path / "cut")
     assert store.read_status(tmp_path / "cut")["state"] == "finished"
     # A finished run has nothing left to do, and says so without touching a file.
     before = {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir()}
@@ -246,8 +253,7 @@ def wait_for_rounds(run: Path, rounds: int, timeout: float = 300) -> None:
         time.sleep(0.01)
 
 
-def test_sigterm_keeps_the_finished_rounds_and_the_run_resumes(digits, tmp_path):
-    experiment.run(small_config(digits), tmp_path / "whole")
+def test_sigterm_keeps_the_finished_rounds_and_the_run_resumes(digits, whole, tmp_path):
     process = jal_process("run", *run_flags(digits), "--out", str(tmp_path / "cut"))
     wait_for_rounds(tmp_path / "cut", 1)
     process.send_signal(signal.SIGTERM)
@@ -259,4 +265,4 @@ def test_sigterm_keeps_the_finished_rounds_and_the_run_resumes(digits, tmp_path)
     resumed = jal_process("run", "--resume", str(tmp_path / "cut"))
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    same_run(tmp_path / "whole", tmp_path / "cut")
+    same_run(whole, tmp_path / "cut")

@@ -249,6 +249,7 @@ RUN_DAMAGE = {
     "metrics line not an object": (lambda f: {**f, M: b"[1]\n" + f[M]}, "metrics.jsonl:1: a list, not a JSON obj"),
     "metrics key missing": (edit_line(M, 2, delete_key("acquired")), "metrics.jsonl:2: no 'acquired'"),
     "metrics text for a list": (edit_line(M, 2, set_key("acquired", "5 3")), "'acquired' is text, not a list"),
+    "metrics text for a number": (edit_line(M, 2, set_key("test_nll", "low")), "'test_nll' is text, not a number"),
     "metrics accuracy above 1": (edit_line(M, 1, set_key("test_accuracy", 1.5)), "is 1.5, not a number from 0 to 1"),
     "metrics accuracy NaN": (edit_line(M, 1, set_key("test_accuracy", float("nan"))), "is nan, not a number from"),
     "metrics NLL beyond a float": (

@@ -28,6 +28,7 @@ def direct_log_probs(params, images, masks, conv="im2col"):
     return jax.vmap(one_sample, in_axes=1, out_axes=1)(masks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv", ["im2col", "xla"])
 def test_factorised_forward_equals_direct_under_identical_masks(params, conv):
     images = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
@@ -39,6 +40,7 @@ def test_factorised_forward_equals_direct_under_identical_masks(params, conv):
     assert relative <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["factorised", "factorised_xla", "vmapped"])
 def test_every_lenet_scorer_is_the_plain_vmap_over_the_whole_model(params, scorer):
     images = jax.random.normal(jax.random.key(3), (13, 28, 28, 1))
@@ -49,6 +51,7 @@ def test_every_lenet_scorer_is_the_plain_vmap_over_the_whole_model(params, score
     np.testing.assert_allclose(got, direct_log_probs(params, images, masks), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_chunked_scoring_shapes_normalisation_and_keys(params):
     images = jax.random.normal(jax.random.key(3), (37, 28, 28, 1))  # not a multiple of the chunk
     key = jax.random.key(4)
@@ -66,6 +69,7 @@ def test_chunked_scoring_shapes_normalisation_and_keys(params):
     np.testing.assert_allclose(shifted, scored[10:], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["factorised", "vmapped"])
 def test_consistent_masks_are_shared_by_every_input(params, scorer):
     model = LeNet5(scorer=scorer)
@@ -80,12 +84,14 @@ def test_consistent_masks_are_shared_by_every_input(params, scorer):
     assert not np.allclose(independent[0], independent[1])  # while by default each input has its own.
 
 
+@pytest.mark.slow
 def test_deterministic_pass_is_the_eval_mode_model(params):
     images = jax.random.normal(jax.random.key(6), (10, 28, 28, 1))
     expected = jax.nn.log_softmax(LeNet().apply({"params": params}, images))
     np.testing.assert_allclose(log_probs(LENET, params, images, chunk_size=4), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_score_pool_streams_a_memmap_and_equals_scoring_all_at_once(params, tmp_path):
     raw = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
     memmap = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.uint8, shape=raw.shape)
@@ -128,6 +134,7 @@ def one_pass_at_a_time(model: FlaxModel, params, inputs, key, mc_samples):
     [("mlp", (20,), {"hidden_sizes": (16, 12)}), ("mlp", (6, 5), {"hidden_sizes": (8,), "dropout_rate": 0.1}),
      ("cnn", (8, 8, 3), {})],
 )  # fmt: skip
+@pytest.mark.slow
 def test_the_vmapped_path_is_k_forward_passes_of_the_module(name, shape, settings):
     model = build_model(name, shape, 4, **settings)
     params = model.init(jax.random.key(0))
@@ -147,6 +154,7 @@ def compiled_flops(model, params, inputs, mc_samples):
     return run.lower(params, inputs, keys).compile().cost_analysis()["flops"]
 
 
+@pytest.mark.slow
 def test_the_layers_before_the_first_dropout_are_computed_once_per_input():
     # The cnn's convolutions and first dense layer come before its dropout: 98% of one
     # forward pass. Were they vmapped over the K draws, 8 draws would cost about 8 passes.
@@ -170,6 +178,7 @@ class NoDropoutPrefix(nn.Module):
         return nn.Dense(3)(x)
 
 
+@pytest.mark.slow
 def test_any_flax_module_with_dropout_is_a_model():
     model = FlaxModel((5,), 3, module=NoDropoutPrefix())  # flax's own Dropout
     params = model.init(jax.random.key(0))
@@ -188,6 +197,7 @@ class WithBatchNorm(nn.Module):
         return nn.Dense(2)(nn.BatchNorm(use_running_average=not train)(x))
 
 
+@pytest.mark.slow
 def test_a_model_with_mutable_state_is_refused():
     with pytest.raises(JalError, match="mutable state"):
         FlaxModel((4,), 2, module=WithBatchNorm()).init(jax.random.key(0))

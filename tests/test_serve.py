@@ -261,6 +261,7 @@ def test_tabs_racing_for_one_sample_get_it_once(project):
     assert (project.directory / LABELS).read_text().count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_round_trains_in_the_background_and_labels_given_meanwhile_count(project, monkeypatch):
     api = client(project)
     early = api.post("/api/rounds")
@@ -479,6 +480,7 @@ def test_data_moved_elsewhere_still_open_the_project(tmp_path, images):
     assert json.loads((where / "config.json").read_text())["data"]["path"] == str(moved)
 
 
+@pytest.mark.slow
 def test_data_without_pool_labels_or_test_split(tmp_path, images):
     with np.load(images) as arrays:
         x_train, x_test, y_test = arrays["x_train"], arrays["x_test"], arrays["y_test"]
@@ -545,6 +547,7 @@ def test_without_the_extra_it_says_what_to_install(tmp_path, images):
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_bad_command_lines_get_one_line(tmp_path, images, capsys):
     project = tmp_path / "project"
     with open_project(project, small_config(images)):

@@ -28,6 +28,7 @@ def info(iteration, pool=6, test=4):
     )
 
 
+@pytest.mark.slow
 def test_writes_as_it_goes_and_reads_back(tmp_path):
     run = tmp_path / "run"
     config = {"loop": {"acquisition": "bald"}, "record": {"initial_indices": [0]}}

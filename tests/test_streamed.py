@@ -58,6 +58,7 @@ def run_loop(data, config, oracle) -> list[loop.StepInfo]:
     return infos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [{}, {"acquisition": "random"}, {"consistent": True}], ids=str)
 def test_the_streamed_loop_proposes_what_the_in_memory_loop_does(problem, settings):
     pool, normalization, test, oracle = problem

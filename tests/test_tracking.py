@@ -220,7 +220,7 @@ def tensorboard_events(logdir: Path) -> list:
 
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (8, 8, 3), (16, 16), (64,)], ids=str)
 def test_tensorboard_logs_every_round(tmp_path, capfd, input_shape):
-    pytest.importorskip("tensorboardX")
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed (pip install 'jal[tensorboard]')")
     rounds = synthetic_rounds(input_shape)
     drive(tracking.trackers_from(tensorboard=str(tmp_path / "tb")), rounds, tmp_path / "runs" / "bald-seed42")
     assert "jal: warning" not in capfd.readouterr().err

@@ -23,6 +23,7 @@ def test_bootstrap_draws_only_labeled_samples():
     assert epoch_size(60, TrainConfig()) == 10_000 and epoch_size(12_000, TrainConfig()) == 12_000
 
 
+@pytest.mark.slow
 def test_padding_weights_leave_the_loss_a_mean_over_real_samples():
     logits = jax.random.normal(jax.random.key(1), (8, 10))
     labels = jnp.arange(8) % 10
@@ -31,6 +32,7 @@ def test_padding_weights_leave_the_loss_a_mean_over_real_samples():
     np.testing.assert_allclose(weighted_cross_entropy(logits, labels, weights), expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_the_model_learns_a_small_labeled_set():
     train_images, train_labels, test_images, test_labels = synthetic_mnist(100, 200)
     images = jnp.asarray(normalize(train_images))
@@ -48,6 +50,7 @@ def test_loss_falls_and_the_model_learns_a_small_labeled_set():
     assert accuracy > 0.8  # learned from 40 labels, measured on unseen samples
 
 
+@pytest.mark.slow
 def test_any_model_trains_the_same_way():
     train_images, train_labels, test_images, test_labels = synthetic_mnist(100, 200)
     mlp = build_model("mlp", (28, 28, 1), 10, hidden_sizes=(64,))
@@ -61,6 +64,7 @@ def test_any_model_trains_the_same_way():
     assert accuracy > 0.8
 
 
+@pytest.mark.slow
 def test_unlabeled_samples_and_padding_never_reach_training():
     train_images, train_labels, *_ = synthetic_mnist(50, 1)
     images = jnp.asarray(normalize(train_images))
@@ -74,6 +78,7 @@ def test_unlabeled_samples_and_padding_never_reach_training():
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_given_the_key():
     train_images, train_labels, *_ = synthetic_mnist(50, 1)
     images, labels = jnp.asarray(normalize(train_images)), jnp.asarray(train_labels, jnp.int32)
@@ -88,8 +93,9 @@ def test_training_is_deterministic_given_the_key():
     assert not all(np.array_equal(x, z) for x, z in zip(leaves_a, leaves_c, strict=True))
 
 
+@pytest.mark.slow
 def test_optimizer_matches_torch_adam_with_weight_decay():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (JAL_WITH_TORCH=1 bin/test installs it)")
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=5).astype(np.float32)
     grads = rng.normal(size=(6, 5)).astype(np.float32)
@@ -107,3 +113,36 @@ def test_optimizer_matches_torch_adam_with_weight_decay():
         updates, state = optimizer.update(jnp.asarray(g), state, params)
         params = optax.apply_updates(params, updates)
     np.testing.assert_allclose(params, w.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_padding_of_an_epochs_last_batch_carries_no_weight():
+    """5 samples in batches of 4 (3 padding slots) give the loss of one batch of 5, where nothing is random."""
+    model = build_model("mlp", (6,), 3, hidden_sizes=(8,), dropout_rate=0.0)
+    rng = np.random.default_rng(0)
+    inputs, labels = jnp.asarray(rng.normal(size=(5, 6)), jnp.float32), jnp.asarray([0, 1, 2, 0, 1], jnp.int32)
+    order = jnp.arange(5, dtype=jnp.int32)
+
+    def epoch_loss(batch_size):
+        config = TrainConfig(epochs=1, batch_size=batch_size, learning_rate=0.0, min_samples_per_epoch=5)
+        _, losses = train(jax.random.key(0), model, inputs, labels, order, jnp.int32(5), config=config,
+                          samples_per_epoch=5)  # fmt: skip
+        return float(losses[0])
+
+    np.testing.assert_allclose(epoch_loss(4), epoch_loss(5), rtol=1e-6)
+
+
+def test_gradient_groups_add_up_to_the_whole_batchs_gradient():
+    """Where nothing is random, G groups train what one batch trains, to float rounding."""
+    model = build_model("mlp", (6,), 3, hidden_sizes=(8,), dropout_rate=0.0)
+    rng = np.random.default_rng(1)
+    inputs, labels = jnp.asarray(rng.normal(size=(40, 6)), jnp.float32), jnp.asarray(rng.integers(0, 3, 40), jnp.int32)
+    order = jnp.arange(40, dtype=jnp.int32)
+
+    def trained(groups):
+        config = TrainConfig(epochs=2, batch_size=8, min_samples_per_epoch=30, groups=groups)  # 30: a padded batch
+        return train(jax.random.key(0), model, inputs, labels, order, jnp.int32(40), config=config,
+                     samples_per_epoch=40)  # fmt: skip
+
+    (whole, whole_losses), (grouped, grouped_losses) = trained(1), trained(4)
+    np.testing.assert_allclose(grouped_losses, whole_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grouped, whole)
