@@ -385,6 +385,22 @@ def splits(**changes):
     return checked_splits(arrays, {key: f"data.npz, key {key}" for key in arrays}, None)
 
 
+def test_the_class_count_names_the_split_whose_label_breaks_it_and_two_classes_are_enough():
+    arrays = {"x_train": INPUTS, "y_train": LABELS, "x_test": INPUTS[:4], "y_test": np.array([0, 1, 2, 5])}
+    where = {key: f"data.npz, key {key}" for key in arrays}
+    with pytest.raises(JalError, match="key y_test: label 5 with 3 classes"):
+        checked_splits(dict(arrays), where, 3)
+    with pytest.raises(JalError, match="key y_train: label 4 with 3 classes"):
+        checked_splits({**arrays, "y_train": LABELS + 2, "y_test": LABELS[:4]}, where, 3)
+    assert splits(y_train=LABELS % 2, y_test=LABELS[:4] % 2)[1] == 2  # binary data is data
+
+
+def test_two_training_labels_of_one_class_are_warned_of():
+    x = INPUTS[:2]
+    with pytest.warns(UserWarning, match="every training label is class 1"):
+        splits(x_train=x, y_train=np.array([1, 1]), x_test=INPUTS[:4], y_test=np.array([0, 1, 2, 0]))
+
+
 def test_usable_data_gives_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

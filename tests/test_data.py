@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import os
 import shutil
 
 import numpy as np
@@ -297,3 +298,28 @@ def test_a_changed_byte_in_the_repositorys_copy_is_refused(monkeypatch, tmp_path
     err = capsys.readouterr().err
     assert f"{altered}: content md5" in err and "restore it, or pass --data-dir" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def resident_kib(path) -> int:
+    """KiB of `path`'s mapped pages resident in this process (Linux's /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_checking_a_memory_mapped_split_leaves_its_pages_unresident(tmp_path):
+    """The finiteness check reads every row and gives back the pages it read, so a large pool stays off the RSS."""
+    from jal.data.dataset import _check_finite
+    from jal.data.normalization import BLOCK
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((4 * BLOCK, 64), np.float32))  # 64 MiB, four blocks of rows
+    x = np.load(path, mmap_mode="r")
+    _check_finite(x, "x.npy")
+    # About the block read last stays resident (a quarter of the file), not the whole file.
+    assert resident_kib(path) < 32 * 1024, f"{resident_kib(path)} KiB of the 64 MiB file stayed resident"

@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -91,3 +92,18 @@ def test_an_analysis_without_what_is_read_from_it_is_refused(tmp_path):
     (tmp_path / store.ANALYSIS).write_text(json.dumps({"by_mc_samples": {}}))
     with pytest.raises(JalError, match="not a jal analysis; run jal analyze again"):
         store.read_analysis(tmp_path)
+
+
+def test_the_recorded_commit_says_when_jals_code_differs_from_it(tmp_path):
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(tmp_path)]
+    (tmp_path / "jal").mkdir()
+    (tmp_path / "jal" / "x.py").write_text("a = 1\n")
+    (tmp_path / "notes.txt").write_text("1\n")
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "one"]):
+        subprocess.run([*git, *command], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert store._commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("2\n")
+    assert store._commit(tmp_path) == head  # a change outside jal/ changes no result
+    (tmp_path / "jal" / "x.py").write_text("a = 2\n")
+    assert store._commit(tmp_path) == head + "-dirty"
