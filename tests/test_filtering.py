@@ -2,15 +2,21 @@ import contextlib
 import io
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import synthetic_mnist, write_idx_dir
 
+from jal import filtering
 from jal.cli import main
 from jal.data import make_pool
 from jal.data.mnist import load_idx_dir
 from jal.errors import JalError
 from jal.filtering import FRACTIONS, kept_indices
+from jal.loop import Data, LoopConfig
+from jal.models import build_model
+from jal.train import TrainConfig
 
 TRAIN = ["--epochs", "1", "--min-samples-per-epoch", "64", "--mc-samples", "4"]
 
@@ -105,22 +111,19 @@ def test_the_default_curve_runs_from_the_whole_pool_to_most_of_it_removed():
     assert list(FRACTIONS) == sorted(set(FRACTIONS)) and FRACTIONS[-1] >= 0.9  # the seed paper's curve
 
 
+def tiny_problem(size: int):
+    """A 3-class MLP, its initial parameters, and `size` random 4-dim inputs as both pool and test set."""
+    model = build_model("mlp", (4,), 3, hidden_sizes=(8,))
+    inputs = jnp.asarray(np.random.default_rng(0).normal(size=(size, 4)), jnp.float32)
+    labels = np.arange(size) % 3
+    return model, model.init(jax.random.key(1)), Data(inputs, inputs, jnp.asarray(labels)), labels
+
+
 @pytest.mark.slow
 def test_the_api_defaults_use_the_loops_number_of_mc_samples(monkeypatch):
-    import jax
-    import jax.numpy as jnp
-
-    from jal import filtering
-    from jal.loop import Data, LoopConfig
-    from jal.models import build_model
-    from jal.train import TrainConfig
-
     k = LoopConfig._field_defaults["mc_samples"]
-    model = build_model("mlp", (4,), 3, hidden_sizes=(8,))
-    params, key = model.init(jax.random.key(1)), jax.random.key(2)
-    inputs = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4)), jnp.float32)
-    labels = np.arange(6) % 3
-    data = Data(inputs, inputs, jnp.asarray(labels))
+    model, params, data, labels = tiny_problem(6)
+    key, inputs = jax.random.key(2), data.pool_inputs
     np.testing.assert_array_equal(
         filtering.score_all(key, model, params, inputs, "bald"),
         filtering.score_all(key, model, params, inputs, "bald", mc_samples=k),
@@ -137,19 +140,7 @@ def test_the_api_defaults_use_the_loops_number_of_mc_samples(monkeypatch):
 
 def test_skipped_evaluations_leave_the_others_as_they_were_and_the_seed_sets_the_random_removal(monkeypatch):
     """filter_curve(skip=n), as a resumed `jal filter` calls it, trains just the rest, on the same kept pools."""
-    import jax
-    import jax.numpy as jnp
-
-    from jal import filtering
-    from jal.loop import Data
-    from jal.models import build_model
-    from jal.train import TrainConfig
-
-    model = build_model("mlp", (4,), 3, hidden_sizes=(8,))
-    params = model.init(jax.random.key(1))
-    inputs = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)), jnp.float32)
-    labels = np.arange(20) % 3
-    data = Data(inputs, inputs, jnp.asarray(labels))
+    model, params, data, labels = tiny_problem(20)
     trained = []
     monkeypatch.setattr(filtering, "fit", lambda key, m, x, y, kept, config: trained.append(sorted(kept)) or params)
     monkeypatch.setattr(filtering, "test_metrics", lambda *args, mc_samples: (0.5, 1.0))

@@ -139,7 +139,7 @@ def test_gradient_groups_add_up_to_the_whole_batchs_gradient():
     order = jnp.arange(40, dtype=jnp.int32)
 
     def trained(groups):
-        config = TrainConfig(epochs=2, batch_size=8, min_samples_per_epoch=30, groups=groups)  # 30: a padded batch
+        config = TrainConfig(epochs=2, batch_size=8, min_samples_per_epoch=30, groups=groups)
         return train(jax.random.key(0), model, inputs, labels, order, jnp.int32(40), config=config,
                      samples_per_epoch=40)  # fmt: skip
 
